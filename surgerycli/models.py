@@ -91,7 +91,9 @@ def adapter_dir(path: str) -> Path:
 def load_model(name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None):
     """(model in eval mode, tokenizer with a pad token) for `name`, with a LoRA adapter applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the caller shows its own spinner; GGUF dequant bars are noise
     check_architecture(name)
     adapter_path = adapter_dir(adapter) if adapter else None
     source, extra = resolve(name)

