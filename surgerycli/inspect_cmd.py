@@ -45,7 +45,7 @@ def run_inspect(
     seed: int,
     console: Console,
 ) -> dict:
-    from .models import check_architecture, load_model, pick_device, pick_dtype
+    from .models import load_model, pick_device, pick_dtype
     from .report import heads_table, layers_table, write_heatmap, write_json
     from .sinkstats import encode, measure_set, summarize
 
@@ -54,7 +54,6 @@ def run_inspect(
     check_output_path(plot_path, "--plot")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    check_architecture(model_name)
     with console.status(f"loading {model_name}"):
         model, tokenizer = load_model(model_name, dt, dev, adapter)
     stats = {}

@@ -6,7 +6,9 @@ default that works with no hub. The architecture is checked from the config befo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
 from pathlib import Path
 
@@ -93,13 +95,16 @@ def load_model(name: str, dtype: torch.dtype, device: torch.device, adapter: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the caller shows its own spinner; GGUF dequant bars are noise
+    hf_logging.disable_progress_bar()  # the caller shows its own spinner
     check_architecture(name)
     adapter_path = adapter_dir(adapter) if adapter else None
     source, extra = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+        # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
+        quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
+        with quiet:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     except OSError as e:
         raise InputError(f"{name}: could not load the model ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token is None:
