@@ -73,23 +73,21 @@ def forward(model, method: str, ids: torch.Tensor) -> torch.Tensor | None:
     return torch.stack([a[torch.arange(1), :, :, idx] for a in out.attentions], 1)  # (B, L, H, T)
 
 
-def load(method: str, device: torch.device):
-    from surgerycli.models import load_model
-    from surgerycli.patches import set_sink_mode
-
-    model, _ = load_model("smollm2", torch.float32, device)
-    if method == "reference":
-        model.set_attn_implementation("eager")
-    set_sink_mode(model, method == "patched")
-    return model
-
-
 def set_method(model, method: str) -> None:
+    """Put a loaded model in the attention mode `method` measures."""
     from surgerycli.patches import set_sink_mode
 
     set_sink_mode(model, False)
     model.set_attn_implementation("eager" if method == "reference" else "sdpa")
     set_sink_mode(model, method == "patched")
+
+
+def load(method: str, device: torch.device):
+    from surgerycli.models import load_model
+
+    model, _ = load_model("smollm2", torch.float32, device)
+    set_method(model, method)
+    return model
 
 
 def inputs(T: int, vocab: int, device: torch.device) -> torch.Tensor:
