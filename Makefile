@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/inspect_memory.py
+	$(BIN)/python benchmarks/step_cost.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

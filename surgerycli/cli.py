@@ -65,5 +65,34 @@ def inspect(
         raise _fail(str(e)) from None
 
 
+@app.command()
+def finetune(
+    recipe: Annotated[Path, typer.Argument(help="TOML recipe: sections model, quantization, lora, data, surgery, train, output (see recipes/).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override one recipe key, e.g. --set surgery.alpha=0 (value read as TOML; repeatable).")] = None,
+    output: Annotated[str | None, typer.Option(help="Output folder; overrides output.dir.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the resolved recipe and the data mix, and stop.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last complete checkpoint in the output folder, or start over.")] = True,
+) -> None:
+    """QLoRA fine-tuning (bitsandbytes 4-bit NF4 + peft LoRA) with the Surgery sink-divergence regularizer.
+
+    loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. With surgery.enabled = false (or alpha 0) the same pipeline is the SFT baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json, training.png and summary.json to the output folder.
+    """
+    from rich.console import Console
+
+    from .errors import InputError
+    from .finetune_cmd import run_finetune
+
+    console = Console()
+    try:
+        summary = run_finetune(recipe, set_ or [], output, dry_run, resume, console)
+    except InputError as e:
+        raise _fail(str(e)) from None
+    if summary is not None:
+        console.print(
+            f"{summary['method']}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, "
+            f"positive heads {summary['positive_heads_before']} -> {summary['positive_heads_after']}"
+        )
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -90,27 +90,46 @@ def adapter_dir(path: str) -> Path:
     raise InputError(f"{path}: not a peft adapter folder (no adapter_config.json here or in adapter/)")
 
 
-def load_model(name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None):
-    """(model in eval mode, tokenizer with a pad token) for `name`, with a LoRA adapter applied."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(
+    name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False
+):
+    """(model, tokenizer with a pad token) for `name`, with a LoRA adapter applied when given.
+
+    `load_in_4bit`: bitsandbytes NF4 with double quantization, compute in `dtype` (QLoRA). The model is
+    returned in eval mode; training code switches it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the caller shows its own spinner
     check_architecture(name)
     adapter_path = adapter_dir(adapter) if adapter else None
     source, extra = resolve(name)
+    tokenizer_extra = dict(extra)
+    if load_in_4bit:
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        # quantized weights are placed while loading; accelerate wants a GPU index, not "cuda"
+        index = (device.index or 0) if device.type == "cuda" else "cpu"
+        extra["device_map"] = {"": index}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_extra)
         # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
         quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
         with quiet:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     except OSError as e:
         raise InputError(f"{name}: could not load the model ({str(e).splitlines()[0]})") from None
+    if "gguf_file" in extra and not load_in_4bit:
+        # GGUF weights arrive dequantized to plain Linear layers; the quantizer left attached is only a
+        # marker, and it makes the Trainer refuse to fine-tune the model
+        model.hf_quantizer.remove_quantization_config(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter_path is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
-    return model.to(device).eval(), tokenizer
+    return (model if load_in_4bit else model.to(device)).eval(), tokenizer

