@@ -163,6 +163,59 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
     return resume_from
 
 
+def train(model, tokenizer, rows: list[dict], regularizer, out: Path, device: torch.device, dtype: str,
+          train_values: dict, resume_from: Path | None, console: Console):
+    """Run the Trainer (in sink mode when regularized); (trainer, wall seconds)."""
+    from transformers import PrinterCallback
+
+    from surgerycli.patches import set_sink_mode
+
+    from .finetune_data import pad_batch
+    from .training import SurgeryTrainer
+
+    args = build_training_args(out, device, dtype, **{k: v for k, v in train_values.items() if k != "max_length"})
+    trainer = SurgeryTrainer(
+        model=model, args=args, train_dataset=rows, regularizer=regularizer,
+        data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
+        callbacks=[RichProgressCallback(console), MetricsCallback(out / "metrics.jsonl")],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.time()
+    set_sink_mode(model, regularizer is not None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        set_sink_mode(model, False)
+    return trainer, time.time() - start
+
+
+def run_summary(trainer, wall: float, records: list[dict], *, regularized: bool, resume_from: Path | None,
+                samples: int, n_harmful: int, device: torch.device, before: dict | None,
+                after: dict | None) -> dict:
+    """summary.json: what ran, how much, how fast, and the positive-head counts around it."""
+    tokens = trainer.tokens
+    return {
+        "method": "surgery" if regularized else "sft",
+        "steps": trainer.state.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "samples": samples,
+        "harmful_samples": n_harmful,
+        "tokens": tokens["train"],
+        "reference_tokens": tokens["reference"],
+        "wall_time_s": round(wall, 2),
+        "tokens_per_s": round((tokens["train"] + tokens["reference"]) / max(wall, 1e-9), 2),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
+        "final_loss": records[-1]["loss"] if records else None,
+        "positive_heads_before": before["positive_heads"] if before else None,
+        "positive_heads_after": after["positive_heads"] if after else None,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
 def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dry_run: bool, resume: bool,
                  console: Console) -> dict | None:
     """Validate, fine-tune, write the outputs; the summary dict (None for a dry run)."""
@@ -180,13 +233,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
         console.print(mix_table(recipe, len(mix), n_harmful))
         return None
 
-    from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
-
-    from surgerycli.patches import set_sink_mode
-
-    from .finetune_data import pad_batch
-    from .training import SurgeryTrainer
 
     hf_logging.set_verbosity_error()
     # peft 0.21 still reads transformers' gradient_checkpointing aliases; the names, not the behaviour, changed
@@ -203,52 +250,28 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
                                     seed=t["seed"]) if regularized else None
     resume_from = prepare_output(out, resume)
     atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
-    measure = dict(n=s["measure_samples"], seed=t["seed"], max_length=t["max_length"],
-                   sink_position=s["sink_position"], device=device, console=console)
-    before = measure_record(model, tokenizer, m["name"], harm, safe, **measure) if measure["n"] else None
+
+    def measure() -> dict | None:
+        if not s["measure_samples"]:
+            return None
+        return measure_record(model, tokenizer, m["name"], harm, safe, n=s["measure_samples"], seed=t["seed"],
+                              max_length=t["max_length"], sink_position=s["sink_position"], device=device,
+                              console=console)
+
+    before = measure()
     if before is not None:
-        atomic_write_text(out / "sink_before.json", json.dumps(before, indent=1) + "\n")
-
-    args = build_training_args(out, device, m["dtype"], **{k: v for k, v in t.items() if k != "max_length"})
-    trainer = SurgeryTrainer(
-        model=model, args=args, train_dataset=rows, regularizer=regularizer,
-        data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-        callbacks=[RichProgressCallback(console), MetricsCallback(out / "metrics.jsonl")],
-    )
-    trainer.remove_callback(PrinterCallback)
-    start = time.time()
-    set_sink_mode(model, regularized)
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        set_sink_mode(model, False)
-    wall = time.time() - start
-
+        write_json(out / "sink_before.json", before)
+    trainer, wall = train(model, tokenizer, rows, regularizer, out, device, m["dtype"], t, resume_from, console)
     save_folder(out / "adapter", model.save_pretrained)
     save_folder(out / "tokenizer", tokenizer.save_pretrained)
-    after = measure_record(model, tokenizer, m["name"], harm, safe, **measure) if measure["n"] else None
+    after = measure()
     if after is not None:
-        after["adapter"] = str(out / "adapter")
-        atomic_write_text(out / "sink_after.json", json.dumps(after, indent=1) + "\n")
+        write_json(out / "sink_after.json", {**after, "adapter": str(out / "adapter")})
     records = read_metrics(out / "metrics.jsonl")
-    method = f"Surgery (alpha {s['alpha']:g})" if regularized else "SFT"
     if records:
+        method = f"Surgery (alpha {s['alpha']:g})" if regularized else "SFT"
         write_training_plot(out / "training.png", records, f"{Path(m['name']).name}: {method}")
-    summary = {
-        "method": "surgery" if regularized else "sft",
-        "steps": trainer.state.global_step,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "samples": len(rows),
-        "harmful_samples": n_harmful,
-        "tokens": trainer.tokens["train"],
-        "reference_tokens": trainer.tokens["reference"],
-        "wall_time_s": round(wall, 2),
-        "tokens_per_s": round((trainer.tokens["train"] + trainer.tokens["reference"]) / max(wall, 1e-9), 2),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "device": str(device),
-        "final_loss": records[-1]["loss"] if records else None,
-        "positive_heads_before": before["positive_heads"] if before else None,
-        "positive_heads_after": after["positive_heads"] if after else None,
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    summary = run_summary(trainer, wall, records, regularized=regularized, resume_from=resume_from,
+                          samples=len(rows), n_harmful=n_harmful, device=device, before=before, after=after)
+    write_json(out / "summary.json", summary)
     return summary

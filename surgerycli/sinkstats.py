@@ -12,6 +12,7 @@ import torch
 
 from surgerycli.patches import measure_sinks, set_sink_mode
 
+from .finetune_data import pad_batch
 from .refsets import Messages, render
 
 
@@ -21,17 +22,6 @@ def encode(tokenizer, samples: list[Messages], max_length: int) -> list[list[int
     # The chat template already holds BOS where the model wants one; don't add a second.
     enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)
     return enc["input_ids"]
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) ids and attention mask."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[b, : len(r)] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -52,7 +42,8 @@ def measure_set(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            ids, mask = _pad([token_ids[i] for i in idx], pad_id)
+            batch = pad_batch([{"input_ids": token_ids[i]} for i in idx], pad_id)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
             stats = measure_sinks(model, ids.to(device), mask.to(device), sink_position)  # (B, L, H)
             for i, row in zip(idx, stats.cpu()):
                 out[i] = row
