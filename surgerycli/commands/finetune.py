@@ -1,0 +1,37 @@
+"""`surgery finetune RECIPE.toml`: the command; the work is `train.finetune.run_finetune`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .options import Recipe, Sets, fail
+
+
+def finetune(
+    recipe: Recipe,
+    set_: Sets = None,
+    output: Annotated[str | None, typer.Option(help="Output folder; overrides output.dir.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the resolved recipe and the data mix, and stop.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last complete checkpoint in the output folder, or start over.")] = True,
+) -> None:
+    """LoRA / QLoRA fine-tuning with a harmful-fine-tuning defense from the registry (recipe key `defense.method`).
+
+    `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json, training.png and summary.json to the output folder.
+    """
+    from rich.console import Console
+
+    from ..errors import InputError
+    from ..train.finetune import run_finetune
+
+    console = Console()
+    try:
+        summary = run_finetune(recipe, set_ or [], output, dry_run, resume, console)
+    except InputError as e:
+        raise fail(e) from None
+    if summary is not None:
+        console.print(
+            f"{summary['label']}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, "
+            f"positive heads {summary['positive_heads_before']} -> {summary['positive_heads_after']}"
+        )

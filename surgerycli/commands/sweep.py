@@ -1,0 +1,47 @@
+"""`surgery sweep RECIPE --out DIR`: the command; the work is `study.sweep` and `report.sweep`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import BatchSize, Judge, Limit, MaxNewTokens, Safety, SafetyData, Sets, TaskData, Tasks, fail
+
+
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="TOML recipe for every cell (surgery finetune's format).")],
+    out: Annotated[Path, typer.Option(help="Sweep folder: cells/<name>/{finetune,eval,cell.json}, sweep.json, sweep.md, sweep.png.")],
+    poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios.")] = "0,0.05,0.1,0.15,0.2",
+    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names): sft, surgery.")] = "sft,surgery",
+    alphas: Annotated[str | None, typer.Option(help="Comma-separated Surgery alphas (one cell each); default: the recipe's.")] = None,
+    set_: Sets = None,
+    safety: Safety = "harmbench",
+    safety_data: SafetyData = None,
+    judge: Judge = "keyword",
+    tasks: Tasks = "",
+    task_data: TaskData = None,
+    limit: Limit = None,
+    batch_size: BatchSize = 32,
+    max_new_tokens: MaxNewTokens = 256,
+) -> None:
+    """Run the poison-ratio x method grid: a finetune and an eval per cell, resumable, one table at the end.
+
+    HS is the first safety benchmark's harmful score and FA the first task's accuracy (%); the base model is evaluated once as the row before the attack. Finished cells are skipped on a rerun; a failed cell is recorded with its error and the sweep goes on.
+    """
+    from rich.console import Console
+
+    from ..errors import InputError
+    from ..evaluate.options import EvalOptions
+    from ..report.sweep import write_sweep
+    from ..study.sweep import evaluator, plan, run_sweep
+
+    console = Console()
+    options = EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
+                          max_new_tokens)
+    try:
+        cells = plan(recipe, set_ or [], poison_ratios, methods, alphas)
+        write_sweep(out, run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console), judge, console)
+    except InputError as e:
+        raise fail(e) from None

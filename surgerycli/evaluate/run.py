@@ -1,0 +1,182 @@
+"""`surgery eval [ADAPTER ...]`: harmful score on safety benchmarks and capability through lm-eval.
+
+Everything a run needs is read and checked first (benchmark files, task files, judge path, adapters and
+their base models), so bad input fails before any model loads. Then each base model loads once; its
+runs (the base itself, then each adapter attached and removed in turn) generate the same prompts,
+batched, and run the capability tasks. The judge loads only after all generation, so the evaluated
+model and a judge model never share memory. Outputs are written once at the end, each file whole.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from ..data.chat import render, with_system
+from ..data.safety import Prompt, load_benchmark
+from ..errors import InputError
+from ..models import adapter_base, adapter_dir, check_architecture, pick_device, pick_dtype
+from ..progress import PROGRESS_COLUMNS
+from ..report.eval import tables, write_outputs
+from .options import EvalOptions
+
+
+@dataclass
+class Run:
+    adapter: str | None  # as given on the command line; None evaluates the base model
+    base: str
+    system_prompt: str
+
+
+def parse_pairs(values: list[str], option: str) -> dict[str, str]:
+    """NAME=PATH options as a dict; InputError naming the option for a malformed one."""
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"{option} {value!r}: expected NAME=PATH")
+        pairs[name.strip()] = path.strip()
+    return pairs
+
+
+def resolve_runs(adapters: list[str], base: str | None, include_base: bool, system_prompt: str | None) -> list[Run]:
+    """One Run per adapter, and the base model first when asked (or when no adapter is given).
+
+    A base run uses the system prompt of the first adapter on that base, so both see the same prompts.
+    """
+    if not adapters and base is None:
+        raise InputError("nothing to evaluate: give an ADAPTER folder, or --base MODEL for the base model alone")
+    runs = []
+    for adapter in adapters:
+        trained_base, trained_prompt = adapter_base(adapter)  # InputError when it holds no adapter
+        model = base or trained_base
+        if not model:
+            raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
+        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt))
+    if include_base or not adapters:
+        bases: dict[str, str] = {}
+        for r in runs:
+            bases.setdefault(r.base, r.system_prompt)
+        runs = [Run(None, m, p) for m, p in (bases or {base: system_prompt or ""}).items()] + runs
+    for model in dict.fromkeys(r.base for r in runs):
+        check_architecture(model)
+    return runs
+
+
+def safety_names(safety: str, safety_data: dict[str, str]) -> list[str]:
+    names = [] if safety.strip().lower() == "none" else [n.strip() for n in safety.split(",") if n.strip()]
+    return list(dict.fromkeys(names + list(safety_data)))
+
+
+def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], *, batch_size: int,
+                 max_new_tokens: int, progress: Progress) -> dict[str, list[str]]:
+    """Responses per benchmark for one run, greedy, through the model's chat template."""
+    from .generation import generate
+
+    responses = {}
+    for name, prompts in benchmarks.items():
+        task = progress.add_task(f"{_short(run)} {name}", total=len(prompts))
+        texts = [render(tokenizer, with_system([{"role": "user", "content": p.text}], run.system_prompt))
+                 for p in prompts]
+        responses[name] = generate(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   on_batch=lambda n, task=task: progress.advance(task, n))
+    return responses
+
+
+def _short(run: Run) -> str:
+    return Path(run.adapter).name if run.adapter else "base"
+
+
+def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spec: tuple, *, device: torch.device,
+                  dtype: torch.dtype, limit: int | None, batch_size: int, max_new_tokens: int,
+                  progress: Progress) -> list[tuple[dict, dict, list[dict]]]:
+    """Per run: (responses per benchmark, task metrics, task sample rows). Each base model loads once."""
+    from peft import PeftModel
+
+    from ..models import load_model
+    from .tasks import run_tasks
+
+    builtin, other, manager = task_spec
+    out: dict[int, tuple] = {}
+    for base in dict.fromkeys(r.base for r in runs):
+        loading = progress.add_task(f"loading {base}", total=None)
+        model, tokenizer = load_model(base, dtype, device)
+        progress.remove_task(loading)
+        for i, run in enumerate(runs):
+            if run.base != base:
+                continue
+            m = model if run.adapter is None else PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval()
+            responses = generate_run(m, tokenizer, run, benchmarks, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, progress=progress)
+            metrics, rows = {}, []
+            if builtin or other:
+                task = progress.add_task(f"{_short(run)} tasks", total=None)
+                metrics, rows = run_tasks(m, tokenizer, builtin, other, manager, limit=limit, batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens, system_prompt=run.system_prompt,
+                                          progress=progress, task_id=task)
+            out[i] = (responses, metrics, rows)
+            if run.adapter is not None:
+                model = m.unload()  # the LoRA layers come out; the base weights were never changed
+        del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # room for a model judge
+    return [out[i] for i in range(len(runs))]
+
+
+def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], generated: list, batch_size: int,
+               progress: Progress) -> tuple[list[dict], list[dict]]:
+    """(results.json run records, samples.jsonl rows) once every response is judged."""
+    records, samples = [], []
+    for i, (run, (responses, metrics, task_rows)) in enumerate(zip(runs, generated)):
+        safety = {}
+        for name, prompts in benchmarks.items():
+            task = progress.add_task(f"judging {_short(run)} {name}", total=len(prompts))
+            verdicts = judge.verdicts([p.text for p in prompts], responses[name], batch_size)
+            progress.advance(task, len(prompts))
+            harmful = sum(h for h, _ in verdicts)
+            safety[name] = {"judge": judge.name, "n": len(prompts), "harmful_score": 100.0 * harmful / len(prompts)}
+            for p, response, (is_harmful, note) in zip(prompts, responses[name], verdicts):
+                samples.append({"run": i, "adapter": run.adapter, "benchmark": name, "category": p.category,
+                                "prompt": p.text, "response": response,
+                                "verdict": "harmful" if is_harmful else "safe", "judge": judge.name, "note": note})
+        samples += [{"run": i, "adapter": run.adapter, **row} for row in task_rows]
+        records.append({"adapter": run.adapter, "base": run.base, "safety": safety, "tasks": metrics})
+    return records, samples
+
+
+def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, include_base: bool = False,
+             system_prompt: str | None = None, out: Path | None = None, device: str = "auto", dtype: str = "auto",
+             console: Console) -> list[dict]:
+    """Evaluate every run; the results.json run records (and the files under `out` when given)."""
+    from .judges import make_judge
+    from .tasks import check_tasks
+
+    o = options
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    runs = resolve_runs(adapters, base, include_base, system_prompt)
+    data = parse_pairs(list(o.safety_data), "--safety-data")
+    benchmarks = {n: load_benchmark(n, data.get(n), o.limit) for n in safety_names(o.safety, data)}
+    task_names = [t.strip() for t in o.tasks.split(",") if t.strip()]
+    task_spec = check_tasks(task_names, parse_pairs(list(o.task_data), "--task-data"))
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    judge_obj = make_judge(o.judge, dev, dt)
+    if not benchmarks and not (task_spec[0] or task_spec[1]):
+        raise InputError("nothing to measure: --safety none and no --tasks or --task-data")
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        generated = evaluate_runs(runs, benchmarks, task_spec, device=dev, dtype=dt, limit=o.limit,
+                                  batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, progress=progress)
+        records, samples = judge_runs(judge_obj, runs, benchmarks, generated, o.batch_size, progress)
+    for table in tables(records):
+        console.print(table)
+    if out is not None:
+        write_outputs(out, records, samples)
+        console.print(f"wrote {out}/results.json, samples.jsonl, report.md, scores.png")
+    return records

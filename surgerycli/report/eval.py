@@ -1,0 +1,120 @@
+"""What `surgery eval` shows and writes: Rich tables, results.json, samples.jsonl, report.md, scores.png.
+
+Runs are columns everywhere, so several adapters read side by side. Harmful scores always carry the
+name of the judge that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from ..files import atomic_write, atomic_write_text
+
+
+def run_label(run: dict) -> str:
+    return run["adapter"] if run["adapter"] else f"base {run['base']}"
+
+
+def safety_rows(runs: list[dict]) -> list[list[str]]:
+    """[benchmark, judge, N, harmful score per run]; N is the same for every run (same prompts)."""
+    rows = []
+    for name, first in runs[0]["safety"].items():
+        rows.append([name, first["judge"], str(first["n"])]
+                    + [f"{r['safety'][name]['harmful_score']:.2f}" for r in runs])
+    return rows
+
+
+def task_rows(runs: list[dict]) -> list[list[str]]:
+    """[task, metric, value ± stderr per run]."""
+    def cell(values: dict, metric: str) -> str:
+        text = f"{values.get(metric, float('nan')):.4f}"
+        return text + (f" ± {values[metric + '_stderr']:.4f}" if metric + "_stderr" in values else "")
+
+    rows = []
+    for task, metrics in runs[0]["tasks"].items():
+        for metric in (m for m in metrics if not m.endswith("_stderr")):
+            rows.append([task, metric] + [cell(r["tasks"][task], metric) for r in runs])
+    return rows
+
+
+def _table(title: str, header: list[str], labels: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for label in labels:
+        table.add_column(label, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def tables(runs: list[dict]) -> list[Table]:
+    labels = [run_label(r) for r in runs]
+    out = []
+    if runs[0]["safety"]:
+        out.append(_table("Harmful score (100 * judged harmful / N; lower is safer)", ["benchmark", "judge", "N"],
+                          labels, safety_rows(runs)))
+    if runs[0]["tasks"]:
+        out.append(_table("Capability (lm-evaluation-harness)", ["task", "metric"], labels, task_rows(runs)))
+    return out
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def markdown(runs: list[dict]) -> str:
+    labels = [f"`{run_label(r)}`" for r in runs]
+    text = "# surgery eval\n\nRuns: " + ", ".join(labels) + "\n"
+    if runs[0]["safety"]:
+        text += "\n## Harmful score (lower is safer)\n\n"
+        text += markdown_table(["benchmark", "judge", "N", *labels], safety_rows(runs))
+    if runs[0]["tasks"]:
+        text += "\n## Capability\n\n" + markdown_table(["task", "metric", *labels], task_rows(runs))
+    return text
+
+
+def write_plot(path: Path, runs: list[dict]) -> None:
+    """Grouped bars: harmful score per benchmark (left) and task metrics in % (right), one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if runs[0]["safety"]:
+        names = list(runs[0]["safety"])
+        judge = runs[0]["safety"][names[0]]["judge"]
+        panels.append((f"harmful score, judge {judge} (lower is safer)", names,
+                       [[r["safety"][n]["harmful_score"] for n in names] for r in runs]))
+    if runs[0]["tasks"]:
+        keys = [(t, m) for t, ms in runs[0]["tasks"].items() for m in ms if not m.endswith("_stderr")]
+        panels.append(("capability, % (higher is better)", [f"{t}\n{m}" for t, m in keys],
+                       [[100 * r["tasks"][t].get(m, float("nan")) for t, m in keys] for r in runs]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    width = 0.8 / len(runs)
+    for ax, (title, names, values) in zip(axes[0], panels):
+        for i, (run, vals) in enumerate(zip(runs, values)):
+            xs = [x + (i - (len(runs) - 1) / 2) * width for x in range(len(names))]
+            ax.bar_label(ax.bar(xs, vals, width, label=run_label(run)), fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(out: Path, runs: list[dict], samples: list[dict]) -> None:
+    """results.json, samples.jsonl, report.md and scores.png, each written whole or not at all."""
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    atomic_write_text(out / "report.md", markdown(runs))
+    if runs[0]["safety"] or runs[0]["tasks"]:
+        write_plot(out / "scores.png", runs)
+    # last, so a results.json on disk means the other files are complete too
+    atomic_write_text(out / "results.json", json.dumps({"runs": runs}, indent=1) + "\n")

@@ -1,0 +1,63 @@
+"""What `surgery inspect` shows and writes: Rich tables, the JSON file and the divergence heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from ..files import atomic_write
+
+
+def heads_table(result: dict, top: int) -> Table:
+    """The `top` heads by divergence, largest first."""
+    d, m, r = result["divergence"], result["harmful"]["sink"], result["harmless"]["sink"]
+    heads = sorted(
+        ((l, h) for l in range(len(d)) for h in range(len(d[l]))), key=lambda lh: -d[lh[0]][lh[1]]
+    )
+    table = Table(title=f"Top {min(top, len(heads))} heads by sink divergence")
+    for col in ("layer", "head", "harmful sink", "harmless sink", "divergence"):
+        table.add_column(col, justify="right")
+    for l, h in heads[:top]:
+        style = "red" if d[l][h] > 0 else "blue"
+        table.add_row(str(l), str(h), f"{m[l][h]:.4f}", f"{r[l][h]:.4f}", f"[{style}]{d[l][h]:+.4f}[/]")
+    return table
+
+
+def layers_table(result: dict) -> Table:
+    """Per-layer means over heads and the count of positive and negative heads."""
+    table = Table(title="Sink divergence per layer")
+    for col in ("layer", "harmful sink", "harmless sink", "mean divergence", "positive", "negative"):
+        table.add_column(col, justify="right")
+    for l, d in enumerate(result["divergence"]):
+        m, r = result["harmful"]["sink"][l], result["harmless"]["sink"][l]
+        mean_d = sum(d) / len(d)
+        style = "red" if mean_d > 0 else "blue"
+        table.add_row(
+            str(l), f"{sum(m) / len(m):.4f}", f"{sum(r) / len(r):.4f}", f"[{style}]{mean_d:+.4f}[/]",
+            str(sum(x > 0 for x in d)), str(sum(x < 0 for x in d)),
+        )
+    return table
+
+
+def write_heatmap(path: Path, result: dict) -> None:
+    """Layers x heads map of divergence, diverging colormap centred at 0 (red: sinks more on harmful)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    d = result["divergence"]
+    L, H = len(d), len(d[0])
+    limit = max(max(abs(x) for row in d for x in row), 1e-12)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * H + 2.5), max(3.0, 0.22 * L + 1.5)))
+    im = ax.imshow(d, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto", origin="lower")
+    fig.colorbar(im, ax=ax, label="sink divergence (harmful - harmless)")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    name = Path(result["model"]).name + (f" + {Path(result['adapter']).name}" if result["adapter"] else "")
+    ax.set_title(f"{name}\n{result['positive_heads']} positive / {result['negative_heads']} negative heads")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""`surgery sweep RECIPE --poison-ratios ... --methods sft,surgery [--alphas ...] --out DIR`: the paper's grid.
+
+Library code shared by the sweep and demo commands. Each cell is a `surgery finetune` of the recipe at
+one poison ratio and registered defense (Surgery once per alpha),
+followed by a `surgery eval` of its adapter. A cell is finished when its cell.json exists (written last),
+so a rerun skips finished cells and resumes an interrupted fine-tune from its checkpoint. A cell that
+fails is recorded with its error and the sweep goes on. The base model is evaluated once, as the
+"before the attack" row. Writes sweep.json, sweep.md (rows: poison ratio; columns: HS and FA per method)
+and sweep.png (HS and FA against poison ratio).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import InputError
+from ..evaluate.options import EvalOptions
+from ..files import atomic_write_text
+from ..train.recipe import load_recipe
+
+
+def parse_floats(text: str, option: str, low: float = 0.0, high: float | None = None) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected comma-separated numbers") from None
+    bad = [v for v in values if v < low or (high is not None and v > high)]
+    if not values or bad:
+        raise InputError(f"{option} {text!r}: expected numbers in [{low:g}, {high if high is not None else 'inf'}]")
+    return values
+
+
+def cell_name(ratio: float, method: str, alpha: float | None) -> str:
+    return f"p{ratio:g}-{method}" + (f"-a{alpha:g}" if alpha is not None else "")
+
+
+def grid(ratios: list[float], methods: list[str], alphas: list[float]) -> list[dict]:
+    """Cells in run order: every method at the first ratio, then the next ratio; Surgery once per alpha."""
+    cells = []
+    for r in ratios:
+        for method in methods:
+            for a in (alphas if method == "surgery" else [None]):
+                cells.append({"name": cell_name(r, method, a), "poison_ratio": r, "method": method, "alpha": a})
+    return cells
+
+
+def parse_methods(methods: str) -> list[str]:
+    """`--methods` names, each a registered defense; InputError listing the registered ones otherwise."""
+    from ..train.defenses import registry
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names or set(names) - set(registry()):
+        raise InputError(f"--methods {methods!r}: expected a comma-separated list of {', '.join(registry())}")
+    return names
+
+
+def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, alphas: str | None) -> list[dict]:
+    """The grid from the command-line texts; InputError for a bad list. Alphas default to the recipe's."""
+    ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
+    names = parse_methods(methods)
+    if alphas is None:
+        return grid(ratios, names, [load_recipe(recipe, overrides, None, check_files=False).methods["surgery"].alpha])
+    return grid(ratios, names, parse_floats(alphas, "--alphas"))
+
+
+def evaluator(options: EvalOptions, console: Console):
+    """`evaluate(adapters, out_dir, base=None) -> records`: `surgery eval` with the sweep's eval options."""
+    from ..evaluate.run import run_eval
+
+    def evaluate(adapters: list[str], out: Path, base: str | None = None) -> list[dict]:
+        return run_eval(adapters, options, base=base, out=out, console=console)
+
+    return evaluate
+
+
+def cell_overrides(cell: dict) -> list[str]:
+    sets = [f"data.poison_ratio={cell['poison_ratio']}", f"defense.method={cell['method']}"]
+    return sets + ([f"surgery.alpha={cell['alpha']}"] if cell["alpha"] is not None else [])
+
+
+def headline(records: list[dict]) -> tuple[float | None, float | None]:
+    """(harmful score of the first benchmark, accuracy of the first task) of an eval run."""
+    run = records[0]
+    hs = next(iter(run["safety"].values()))["harmful_score"] if run["safety"] else None
+    fa = next(iter(run["tasks"].values())).get("acc") if run["tasks"] else None
+    return hs, (100 * fa if fa is not None else None)
+
+
+def run_cell(recipe: Path, overrides: list[str], cell: dict, folder: Path, evaluate, console: Console) -> dict:
+    from ..train.finetune import run_finetune
+
+    summary = run_finetune(recipe, overrides + cell_overrides(cell), str(folder / "finetune"), False, True, console)
+    hs, fa = headline(evaluate([str(folder / "finetune")], folder / "eval"))
+    return {**cell, "status": "ok", "harmful_score": hs, "accuracy": fa,
+            "positive_heads_before": summary["positive_heads_before"],
+            "positive_heads_after": summary["positive_heads_after"], "steps": summary["steps"],
+            "label": summary["label"], "final_metrics": summary["final_metrics"],
+            "wall_time_s": summary["wall_time_s"]}
+
+
+def run_sweep(recipe: Path, overrides: list[str], cells: list[dict], out: Path, evaluate, console: Console) -> dict:
+    """Run every unfinished cell; `evaluate(adapters, out_dir, base=None) -> records` is a configured `surgery eval`."""
+    for cell in cells:  # every cell's recipe is validated before the first one trains
+        load_recipe(recipe, overrides + cell_overrides(cell), str(out / "cells" / cell["name"] / "finetune"))
+    base_name = load_recipe(recipe, overrides, None, check_files=False).model.name
+    base_file = out / "base.json"
+    if not base_file.is_file():
+        console.rule(f"base model {base_name}: before the attack")
+        hs, fa = headline(evaluate([], out / "base-eval", base=base_name))
+        atomic_write_text(base_file, json.dumps({"model": base_name, "harmful_score": hs, "accuracy": fa}) + "\n")
+    results = []
+    for cell in cells:
+        folder = out / "cells" / cell["name"]
+        done = folder / "cell.json"
+        if done.is_file() and json.loads(done.read_text())["status"] == "ok":
+            results.append(json.loads(done.read_text()))
+            continue
+        console.rule(f"cell {cell['name']}")
+        try:
+            result = run_cell(recipe, overrides, cell, folder, evaluate, console)
+        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+            result = {**cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc(limit=5)}
+            console.print(f"[red]cell {cell['name']} failed:[/] {result['error']}")
+        atomic_write_text(done, json.dumps(result, indent=1) + "\n")
+        results.append(result)
+    return {"recipe": str(recipe), "overrides": overrides, "base": json.loads(base_file.read_text()),
+            "cells": results}

@@ -1,0 +1,98 @@
+"""`surgery finetune`: small builders, each taking a recipe section, from the recipe to what the Trainer runs.
+
+Data builders run before any model loads, so bad input fails first.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from ..data.chat import Messages, with_system
+from ..data.finetune import build_mix, read_examples, tokenize_example
+from ..data.refsets import RefSet, named_refset, sample
+from ..errors import InputError
+from .defenses import Defense
+from .recipe import DataSection, LoraSection, ModelSection, QuantizationSection, Recipe, TrainSection
+
+REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the first 1000 of each
+
+
+def build_examples(data: DataSection, seed: int, defense: Defense) -> tuple[list[Messages], int]:
+    """The shuffled fine-tuning mix (after the defense's `mix` hook) and its harmful count."""
+    benign = read_examples(data.benign, data.benign_format)
+    harmful = read_examples(data.harmful, "auto", harmful=True) if data.harmful else []
+    mix, n_harmful = build_mix(benign, harmful, data.poison_ratio, data.num_samples, seed)
+    return defense.mix(mix, random.Random(seed)), n_harmful
+
+
+def build_references(recipe: Recipe) -> tuple[RefSet, RefSet]:
+    """Both Surgery reference sets (also what sink_before/after.json measure), at most REFERENCE_POOL each."""
+    s, seed = recipe.methods["surgery"], recipe.train.seed
+    harm, safe = named_refset(s.harmful_reference, "harmful"), named_refset(s.harmless_reference, "harmless")
+    return sample(harm, REFERENCE_POOL, seed), sample(safe, REFERENCE_POOL, seed)
+
+
+def build_model(model: ModelSection, quantization: QuantizationSection, lora: LoraSection,
+                train: TrainSection, device: torch.device):
+    """(peft LoRA model in train mode, tokenizer); QLoRA when `quantization.load_in_4bit`."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    from ..models import DTYPES, load_model
+
+    set_seed(train.seed)  # LoRA A matrices are drawn here
+    loaded, tokenizer = load_model(model.name, DTYPES[model.dtype], device, load_in_4bit=quantization.load_in_4bit,
+                                   option="quantization.load_in_4bit")
+    if quantization.load_in_4bit:
+        loaded = prepare_model_for_kbit_training(
+            loaded, use_gradient_checkpointing=train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(loaded, config), tokenizer
+    except ValueError as e:
+        raise InputError(f"lora.target_modules: {str(e).splitlines()[0]}") from None
+
+
+def build_dataset(tokenizer, mix: list[Messages], system_prompt: str, max_length: int) -> list[dict]:
+    rows = [tokenize_example(tokenizer, with_system(m, system_prompt), max_length) for m in mix]
+    kept = [r for r in rows if r is not None]
+    if not kept:
+        raise InputError(f"train.max_length: {max_length} cuts every example before its answer")
+    return kept
+
+
+def build_training_args(train: TrainSection, out: Path, device: torch.device, dtype: str):
+    from transformers import TrainingArguments
+
+    cuda = device.type == "cuda"
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), num_train_epochs=train.epochs, max_steps=train.max_steps or -1,
+        learning_rate=train.learning_rate, lr_scheduler_type=train.lr_scheduler, warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm,
+        per_device_train_batch_size=train.batch_size, gradient_accumulation_steps=train.grad_accum,
+        seed=train.seed, data_seed=train.seed, activation_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}, logging_steps=train.logging_steps,
+        save_strategy="steps", save_steps=train.save_steps, save_total_limit=train.save_total_limit,
+        report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=not cuda,
+        bf16=cuda and dtype == "bfloat16", fp16=cuda and dtype == "float16", dataloader_num_workers=0,
+    )
+
+
+def mix_table(recipe: Recipe, defense: Defense, n_total: int, n_harmful: int) -> Table:
+    data = recipe.data
+    table = Table(title=f"Fine-tuning mix, defense: {defense.label()}")
+    for col, justify in (("part", "left"), ("samples", "right"), ("source", "left")):
+        table.add_column(col, justify=justify)
+    table.add_row("benign", str(n_total - n_harmful), f"{data.benign} ({data.benign_format})")
+    table.add_row("harmful", str(n_harmful), str(data.harmful or "-"))
+    table.add_row("total", str(n_total), f"poison_ratio {data.poison_ratio:g}, seed {recipe.train.seed}")
+    for row in defense.plan():
+        table.add_row(*row)
+    return table

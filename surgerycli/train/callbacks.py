@@ -1,0 +1,114 @@
+"""What `surgery finetune` shows and logs while it trains: the Rich progress bar, metrics.jsonl, and
+checkpoint discovery for --resume. The columns are the SFT loss plus the defense's registered metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
+from transformers import TrainerCallback
+
+from ..files import atomic_write_text
+from .defenses import Metric
+
+BASE_METRICS = (Metric("loss", "loss"), Metric("sft_loss", "sft"))
+
+
+def metric_keys(metrics: tuple[Metric, ...]) -> tuple[str, ...]:
+    """metrics.jsonl's value columns: the total and SFT losses, then the defense's own."""
+    return tuple(m.key for m in (*BASE_METRICS, *metrics))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class RichProgressCallback(TrainerCallback):
+    """One bar over optimizer steps, with the last logged losses and the defense's metrics."""
+
+    def __init__(self, console: Console, metrics: tuple[Metric, ...] = ()):
+        self.console = console
+        self.metrics = (*BASE_METRICS, *metrics)
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        fields = "  ".join(f"{m.label} {{task.fields[{m.key}]}}" for m in self.metrics)
+        self.progress = Progress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn(fields),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, **{m.key: "-" for m in self.metrics})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.progress.update(self.task, **{m.key: _fmt(logs.get(m.key), m.fmt) for m in self.metrics})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one JSON object per logging step to metrics.jsonl."""
+
+    def __init__(self, path: Path, metrics: tuple[Metric, ...] = ()):
+        self.path = path
+        self.keys = metric_keys(metrics)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        record = {"step": state.global_step, **{k: logs.get(k) for k in self.keys},
+                  "lr": logs.get("learning_rate")}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short by a kill is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the records up to `last_step`: a resumed run logs the later steps again."""
+    kept = [r for r in read_metrics(path) if r["step"] <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete `checkpoint-N` in `folder`; incomplete ones (killed mid-save) are removed.
+
+    The Trainer writes trainer_state.json last, so a checkpoint holding a readable one is whole.
+    """
+    def step(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = sorted(folder.glob("checkpoint-*"), key=step)
+    complete = None
+    for ckpt in found:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+            complete = ckpt
+        except (OSError, ValueError):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return complete

@@ -1,0 +1,161 @@
+"""`[defense] method = "surgery"`: the Surgery sink-divergence regularizer (the method this tool is named for).
+
+    loss = sft_loss + alpha * mean over all heads of relu(d_h)
+
+Paper: "Surgery: Mitigating Harmful Fine-Tuning for Large Language Models via Attention Sink" (2026);
+authors' code: github.com/Lslland/Surgery. Defaults from there: alpha 300, sink position 0, one harmful
+and one harmless reference sample per step, references = BeaverTails 30k_train unsafe / safe rows.
+
+d_h comes from one batched forward of `k` harmful and `k` harmless reference samples through the sink
+patch. That term is back-propagated after the SFT loss, in the same training step, so the activations
+of the two forwards never coexist; gradients add up in the trainable weights exactly as with one joint
+backward. With alpha 0 no reference forward runs: bit-identical to SFT.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Annotated
+
+import torch
+from pydantic import Field
+
+from surgerycli.patches import capture_sinks, sink_per_sample
+
+from ...data.finetune import pad_batch
+from ...data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+from ...errors import InputError
+from ..recipe import Exists, Section
+from . import Defense, DefenseContext, Metric, register_defense
+
+
+class SurgeryOptions(Section):
+    alpha: Annotated[float, Field(ge=0)] = 300.0
+    sink_position: Annotated[int, Field(ge=0)] = 0
+    harmful_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMFUL
+    harmless_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMLESS
+    reference_batch_size: Annotated[int, Field(ge=1)] = 1
+    measure_samples: Annotated[int, Field(ge=0)] = 64  # sink_before/after.json, for every method; 0 skips them
+
+
+def sink_divergence(stats: torch.Tensor, k: int) -> torch.Tensor:
+    """(L, H) harmful minus harmless mean sink; stats: (2k, L, H), the first k rows harmful.
+
+    Rows with no statistic (NaN: nothing after the sink) are left out of their set's mean.
+    """
+    def set_mean(x: torch.Tensor) -> torch.Tensor:
+        valid = ~torch.isnan(x).any(dim=(1, 2))  # (k,)
+        return x[valid].mean(dim=0)  # (L, H); NaN when no row is valid, caught by the caller
+
+    return set_mean(stats[:k]) - set_mean(stats[k:])
+
+
+def sink_loss(d: torch.Tensor) -> torch.Tensor:
+    """mean over all heads of relu(d_h): only heads that sink more on harmful text are pushed."""
+    return torch.relu(d).mean()
+
+
+@dataclass
+class SinkRegularizer:
+    """Draws the per-step reference batch and computes alpha * sink_loss with its gradient."""
+
+    alpha: float
+    sink_position: int
+    harmful: list[list[int]]  # token ids of the rendered reference samples
+    harmless: list[list[int]]
+    k: int  # samples drawn from each set per step
+    pad_id: int
+    seed: int
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """(2k, T) ids and mask: k harmful then k harmless rows, the same for a step after a resume."""
+        rng = random.Random(self.seed * 1_000_003 + step)
+        rows = [{"input_ids": r} for r in rng.sample(self.harmful, min(self.k, len(self.harmful)))]
+        rows += [{"input_ids": r} for r in rng.sample(self.harmless, min(self.k, len(self.harmless)))]
+        batch = pad_batch(rows, self.pad_id)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def backward_step(self, model: torch.nn.Module, step: int, scale: float, backward) -> tuple[float, int, int]:
+        """Forward and backward of `scale * alpha * sink_loss`; (sink loss, positive heads, ref tokens).
+
+        The capture stays open through the backward so that a non-reentrant gradient-checkpoint
+        recompute of the forward takes the sink path again.
+        """
+        batch = {k: v.to(model.device) for k, v in self.batch(step).items()}
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
+        with capture_sinks(model, batch["attention_mask"], self.sink_position) as state:
+            # the decoder alone: the statistic needs no logits, which would cost (2k, T, vocab) memory
+            base.get_decoder()(**batch, use_cache=False)
+            stats = sink_per_sample(state.columns, batch["attention_mask"], state.sink_index)  # (2k, L, H)
+            d = sink_divergence(stats, len(batch["input_ids"]) // 2)  # (L, H)
+            loss = sink_loss(d)
+            if torch.isnan(loss):
+                raise ValueError("reference samples too short: no token after the sink position")
+            backward(loss * (self.alpha * scale))
+        return float(loss.detach()), int((d > 0).sum()), int(batch["attention_mask"].sum())
+
+
+@register_defense
+class Surgery(Defense):
+    name = "surgery"
+    title = "Surgery"
+    options_class = SurgeryOptions
+    metrics = (Metric("sink_loss", "sink", ".5f", "sink loss  mean relu(d_h)"),
+               Metric("positive_heads", "+heads", ".1f", "heads with d_h > 0 (reference batch)"))
+
+    def __init__(self, options: SurgeryOptions, recipe):
+        super().__init__(options, recipe)
+        self.regularizer: SinkRegularizer | None = None
+        self._micro = (-1, 0)  # (optimizer step, micro-batch within it): each draws its own reference batch
+
+    def label(self) -> str:
+        return f"Surgery a={self.options.alpha:g}"
+
+    @property
+    def sink_mode(self) -> bool:
+        return self.options.alpha > 0
+
+    def plan(self) -> list[tuple[str, str, str]]:
+        o = self.options
+        if not self.sink_mode:
+            return [("reference / step", "-", "off (alpha 0: the SFT baseline)")]
+        k = o.reference_batch_size
+        return [("reference / step", f"{k} + {k}",
+                 f"Surgery alpha {o.alpha:g}: {o.harmful_reference} + {o.harmless_reference}")]
+
+    def setup(self, ctx: DefenseContext) -> None:
+        if not self.sink_mode:
+            return
+        from ...sink import encode
+
+        o, tok = self.options, ctx.tokenizer
+        ids = {}
+        for key, refset in (("surgery.harmful_reference", ctx.harmful_reference),
+                            ("surgery.harmless_reference", ctx.harmless_reference)):
+            rows = [r for r in encode(tok, refset.samples, self.recipe.train.max_length) if len(r) > o.sink_position + 1]
+            if not rows:
+                raise InputError(f"{key}: no sample has a token after the sink (surgery.sink_position {o.sink_position})")
+            ids[key] = rows
+        self.regularizer = SinkRegularizer(
+            alpha=o.alpha, sink_position=o.sink_position, harmful=ids["surgery.harmful_reference"],
+            harmless=ids["surgery.harmless_reference"], k=o.reference_batch_size, pad_id=tok.pad_token_id,
+            seed=self.recipe.train.seed)
+
+    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
+        # SFT forward and backward first (the Trainer's own step), then the sink term's: the second
+        # forward reuses the memory the first one freed, so the peak stays that of SFT
+        loss = trainer.sft_step(model, inputs, num_items_in_batch)
+        if self.regularizer is None:
+            return loss
+        step, micro = self._micro
+        global_step = trainer.state.global_step
+        self._micro = (global_step, micro + 1 if step == global_step else 0)
+        draw = global_step * trainer.args.gradient_accumulation_steps + self._micro[1]
+        scale = 1.0 / trainer.current_gradient_accumulation_steps
+        with trainer.compute_loss_context_manager():
+            sink, positive, ref_tokens = self.regularizer.backward_step(model, draw, scale, trainer.accelerator.backward)
+        trainer.record("sink_loss", sink)
+        trainer.record("positive_heads", positive)
+        trainer.tokens["reference"] += ref_tokens
+        return loss + self.regularizer.alpha * sink * scale  # the logged total; both parts already back-propagated

@@ -1,0 +1,164 @@
+"""`surgery finetune RECIPE.toml`: fine-tuning with the recipe's defense (Surgery, SFT, ...), end to end.
+
+The recipe is validated and every data file read before a model loads; typed sections then flow
+through the builders (data, model, defense, trainer). Outputs go to `output.dir`, each file written whole
+or not at all. Library code shared by the finetune, sweep and demo commands.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from ..data.refsets import RefSet, sample
+from ..errors import InputError
+from ..files import atomic_write_text, save_folder, write_json
+from ..progress import PROGRESS_COLUMNS
+from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
+from .callbacks import MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
+from .defenses import Defense, DefenseContext, build_defense
+from .recipe import Recipe, dump_recipe, load_recipe
+
+
+def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet, device: torch.device,
+                   console: Console) -> dict | None:
+    """Sink statistics of the model as it is now, in the `surgery inspect --json` schema (None: skipped)."""
+    from ..sink import measure_refsets, result_record
+
+    s = recipe.methods["surgery"]
+    if not s.measure_samples:
+        return None
+    harm, safe = sample(harm, s.measure_samples, recipe.train.seed), sample(safe, s.measure_samples, recipe.train.seed)
+    model.eval()
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        summary = measure_refsets(model, tokenizer, harm, safe, max_length=recipe.train.max_length, batch_size=8,
+                                  sink_position=s.sink_position, device=device, progress=progress,
+                                  where="surgery.sink_position")
+    return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def prepare_output(out: Path, resume: bool) -> Path | None:
+    """Create `out`; the checkpoint to resume from (None: start fresh, old checkpoints removed)."""
+    import shutil
+
+    checkpoints = out / "checkpoints"
+    resume_from = last_checkpoint(checkpoints) if resume and checkpoints.is_dir() else None
+    if resume_from is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    else:
+        truncate_metrics(out / "metrics.jsonl", int(resume_from.name.rsplit("-", 1)[-1]))
+    out.mkdir(parents=True, exist_ok=True)
+    return resume_from
+
+
+def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, device: torch.device,
+          resume_from: Path | None, console: Console):
+    """Run the Trainer (in sink mode when the defense asks for it); (trainer, wall seconds)."""
+    from transformers import PrinterCallback
+
+    from surgerycli.patches import set_sink_mode
+
+    from ..data.finetune import pad_batch
+    from .trainer import DefenseTrainer
+
+    out = Path(recipe.output.dir)
+    trainer = DefenseTrainer(
+        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype), train_dataset=rows,
+        defense=defense, data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
+        callbacks=[RichProgressCallback(console, defense.metrics), MetricsCallback(out / "metrics.jsonl", defense.metrics)],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.time()
+    set_sink_mode(model, defense.sink_mode)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        set_sink_mode(model, False)
+    return trainer, time.time() - start
+
+
+def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, resume_from: Path | None,
+                samples: int, n_harmful: int, device: torch.device, before: dict | None, after: dict | None) -> dict:
+    """summary.json: what ran, how much, how fast, the defense's last logged metrics, the positive heads."""
+    tokens = trainer.tokens
+    last = records[-1] if records else {}
+    return {
+        "method": defense.name,
+        "label": defense.label(),
+        "steps": trainer.state.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "samples": samples,
+        "harmful_samples": n_harmful,
+        "tokens": tokens["train"],
+        "reference_tokens": tokens["reference"],
+        "wall_time_s": round(wall, 2),
+        "tokens_per_s": round((tokens["train"] + tokens["reference"]) / max(wall, 1e-9), 2),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
+        "final_loss": last.get("loss"),
+        "final_metrics": {m.key: last.get(m.key) for m in defense.metrics},
+        "positive_heads_before": before["positive_heads"] if before else None,
+        "positive_heads_after": after["positive_heads"] if after else None,
+    }
+
+
+def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dry_run: bool, resume: bool,
+                 console: Console) -> dict | None:
+    """Validate, fine-tune, write the outputs; the summary dict (None for a dry run)."""
+    recipe = load_recipe(recipe_path, overrides, output)
+    defense = build_defense(recipe)
+    mix, n_harmful = build_examples(recipe.data, recipe.train.seed, defense)
+    harm, safe = build_references(recipe)
+    out = Path(recipe.output.dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output.dir {out}: is a file, expected a folder")
+    if dry_run:
+        console.print(dump_recipe(recipe), markup=False, highlight=False)
+        console.print(mix_table(recipe, defense, recipe.data.num_samples, n_harmful))
+        return None
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    # peft 0.21 still reads transformers' gradient_checkpointing aliases; the names, not the behaviour, changed
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with console.status(f"loading {recipe.model.name}"):
+        model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
+    rows = build_dataset(tokenizer, mix, recipe.data.system_prompt, recipe.train.max_length)
+    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe))
+    resume_from = prepare_output(out, resume)
+    atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
+
+    before = measure_record(model, tokenizer, recipe, harm, safe, device, console)
+    if before is not None:
+        write_json(out / "sink_before.json", before)
+    trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, console)
+    save_folder(out / "adapter", model.save_pretrained)
+    save_folder(out / "tokenizer", tokenizer.save_pretrained)
+    after = measure_record(model, tokenizer, recipe, harm, safe, device, console)
+    if after is not None:
+        write_json(out / "sink_after.json", {**after, "adapter": str(out / "adapter")})
+    records = read_metrics(out / "metrics.jsonl")
+    if records:
+        from ..report.training import write_training_plot
+
+        write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
+                            defense.metrics)
+    summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(rows),
+                          n_harmful=n_harmful, device=device, before=before, after=after)
+    write_json(out / "summary.json", summary)
+    return summary

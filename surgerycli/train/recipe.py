@@ -1,0 +1,359 @@
+"""`surgery finetune RECIPE.toml`: the recipe as typed sections, validated all at once; `--set`; TOML out.
+
+Each section is a frozen pydantic model (strict: no silent coercion). The sections are the core ones
+below plus `[defense]` (which method runs) and one section per registered defense (`train.defenses`),
+each with its options and defaults. Validation collects every problem of every section, each with its
+key path and what was expected (`surgery.alpha: expected a number >= 0, got "high"`), into one
+InputError. What comes out is a `Recipe`: typed sections, every default and `auto` filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import annotated_types as at
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from ..data.refsets import BUILTIN_REFSETS
+from ..errors import InputError
+
+
+class Section(BaseModel):
+    """A recipe section: strict types, unknown keys refused, frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Field metadata: what the error says was expected, for types the generic text cannot describe."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Exists:
+    """Field metadata: the value names something that must exist (`file`, `refset` or `model`)."""
+
+    kind: str
+
+
+def _modules(value: str | list[str]) -> str | list[str]:
+    if value == "all-linear" or (isinstance(value, list) and value and all(value)):
+        return value
+    raise ValueError("target_modules")
+
+
+SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                     "polynomial", "inverse_sqrt"]
+BENIGN_FORMATS = Literal["auto", "alpaca", "messages", "prompt_response", "gsm8k", "sst2", "agnews"]
+
+
+class ModelSection(Section):
+    name: Annotated[str, Exists("model")]
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+class QuantizationSection(Section):
+    load_in_4bit: bool | None = None  # unset: on when a GPU is there
+
+
+class LoraSection(Section):
+    r: Annotated[int, Field(ge=1)] = 16
+    alpha: Annotated[float, Field(ge=0)] = 32.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: Annotated[str | list[str], AfterValidator(_modules),
+                              Expect('"all-linear" or a non-empty list of module names')] = "all-linear"
+
+
+class DataSection(Section):
+    benign: Annotated[str, Exists("file")]
+    benign_format: BENIGN_FORMATS = "auto"
+    harmful: Annotated[str | None, Exists("file")] = None
+    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    num_samples: Annotated[int, Field(ge=1)] = 1000
+    system_prompt: str = ""
+
+
+class DefenseSection(Section):
+    method: str = "surgery"  # a registered defense; checked against the registry
+
+
+class TrainSection(Section):
+    epochs: Annotated[float, Field(ge=0)] = 1.0
+    learning_rate: Annotated[float, Field(ge=0)] = 1e-4
+    lr_scheduler: SCHEDULERS = "constant"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    batch_size: Annotated[int, Field(ge=1)] = 4
+    grad_accum: Annotated[int, Field(ge=1)] = 1
+    max_length: Annotated[int, Field(ge=8)] = 512
+    seed: Annotated[int, Field(ge=0)] = 42
+    gradient_checkpointing: bool = True
+    logging_steps: Annotated[int, Field(ge=1)] = 10
+    save_steps: Annotated[int, Field(ge=1)] = 100
+    save_total_limit: Annotated[int, Field(ge=1)] = 2
+    max_steps: Annotated[int | None, Field(ge=1)] = None
+
+
+class OutputSection(Section):
+    dir: str | None = None  # unset: out/<recipe file stem>
+
+
+CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
+        "defense": DefenseSection}
+TAIL = {"train": TrainSection, "output": OutputSection}
+REMOVED = {("surgery", "enabled"): 'removed: choose the method with [defense] method = "surgery" or "sft" '
+                                   '(no defense)'}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: typed sections, with every registered defense's section in `methods`."""
+
+    model: ModelSection
+    quantization: QuantizationSection
+    lora: LoraSection
+    data: DataSection
+    defense: DefenseSection
+    train: TrainSection
+    output: OutputSection
+    methods: dict[str, Section] = field(default_factory=dict)  # defense name -> its options
+
+    @property
+    def options(self) -> Section:
+        """The chosen defense's section."""
+        return self.methods[self.defense.method]
+
+    def sections(self) -> dict[str, Section]:
+        """Every section by name, in the order the resolved recipe lists them."""
+        return {**{k: getattr(self, k) for k in CORE}, **self.methods, **{k: getattr(self, k) for k in TAIL}}
+
+
+def schema() -> dict[str, type[Section]]:
+    """Section name -> section class, the registered defenses' included."""
+    from .defenses import registry
+
+    return {**CORE, **{name: d.options_class for name, d in registry().items()}, **TAIL}
+
+
+# ---- error messages ------------------------------------------------------------------------------
+
+def _show(value: object) -> str:
+    return json.dumps(value) if isinstance(value, (str, bool, int, float, list)) else repr(value)
+
+
+def _expected(info) -> str:
+    """What a field accepts, in words, from its type and constraints."""
+    custom = next((m.text for m in info.metadata if isinstance(m, Expect)), None)
+    if custom:
+        return f"expected {custom}"
+    types = [t for t in typing.get_args(info.annotation) or (info.annotation,) if t is not type(None)]
+    if typing.get_origin(info.annotation) is Literal:
+        return f"expected one of {', '.join(map(_show, typing.get_args(info.annotation)))}"
+    if types[0] is bool:
+        return "expected true or false"
+    if types[0] in (int, float):
+        bounds = []
+        for m in info.metadata:
+            for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if isinstance(m, getattr(at, attr.capitalize())):
+                    bounds.append(f"{op} {getattr(m, attr):g}")
+        noun = "an integer" if types[0] is int else "a number"
+        return f"expected {noun}" + (f" {' and '.join(bounds)}" if bounds else "")
+    return "expected a string"
+
+
+def _section_problems(name: str, cls: type[Section], given: dict, error: ValidationError) -> list[str]:
+    problems, seen = [], set()
+    for e in error.errors():
+        key = str(e["loc"][0]) if e["loc"] else ""
+        if key in seen:
+            continue  # a union reports once per member
+        seen.add(key)
+        if e["type"] == "extra_forbidden":
+            hint = REMOVED.get((name, key)) or f"unknown key (expected one of {', '.join(cls.model_fields)})"
+            problems.append(f"{name}.{key}: {hint}")
+        elif e["type"] == "missing":
+            problems.append(f"{name}.{key}: required, missing")
+        else:
+            problems.append(f"{name}.{key}: {_expected(cls.model_fields[key])}, got {_show(given[key])}")
+    return problems
+
+
+def _exists(kind: str, value: str) -> str | None:
+    """None when what `value` names exists, else what was expected."""
+    if kind == "file" and not Path(value).expanduser().is_file():
+        return "no such file"
+    if kind == "refset" and value not in BUILTIN_REFSETS and not Path(value).expanduser().is_file():
+        return f"no such file (or use {' / '.join(map(_show, BUILTIN_REFSETS))})"
+    if kind == "model":
+        from ..models import resolve
+
+        try:
+            resolve(value)
+        except InputError as e:
+            return str(e).removeprefix(f"{value}: ")
+    return None
+
+
+def _file_problems(name: str, cls: type[Section], values: dict) -> list[str]:
+    """What `values` (keys that passed type checks) name that does not exist."""
+    problems = []
+    for key, info in cls.model_fields.items():
+        value = values.get(key)
+        for m in info.metadata:
+            if isinstance(m, Exists) and value is not None and (error := _exists(m.kind, value)):
+                problems.append(f"{name}.{key}: {error}, got {_show(value)}")
+    return problems
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """`section.key=value` -> (section, key, value); the value is read as TOML, else taken as a string."""
+    path, sep, raw = text.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot or not key:
+        raise InputError(f"--set {text}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: model.name=HuggingFaceTB/SmolLM2
+    return section, key, value
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: no such recipe file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+
+
+def _merge(raw: dict, overrides: list[str], problems: list[str]) -> dict:
+    merged = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if not isinstance(merged.setdefault(section, {}), dict):
+            problems.append(f"--set {text}: {section} is not a section")
+            continue
+        merged[section][key] = value
+    return merged
+
+
+def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str, Section]:
+    classes = schema()
+    for name, values in merged.items():
+        if name not in classes:
+            problems.append(f"{name}: unknown section (expected one of {', '.join(classes)})")
+        elif not isinstance(values, dict):
+            problems.append(f"{name}: expected a [{name}] table, got {_show(values)}")
+    sections = {}
+    for name, cls in classes.items():
+        given = merged.get(name) if isinstance(merged.get(name), dict) else {}
+        try:
+            sections[name] = cls(**given)
+            bad = set()
+        except ValidationError as e:
+            problems += _section_problems(name, cls, given, e)
+            bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
+        if check_files:  # also for the keys that passed when another key of the section failed
+            problems += _file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+    return sections
+
+
+def _is_gguf(name: str) -> bool:
+    from ..models import EMBEDDED_MODEL
+
+    return name == EMBEDDED_MODEL or name.endswith(".gguf")
+
+
+def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
+    from .defenses import registry
+
+    if sections["defense"].method not in registry():
+        problems.append(f"defense.method: unknown method {_show(sections['defense'].method)} "
+                        f"(expected one of {', '.join(registry())})")
+    if sections["quantization"].load_in_4bit and _is_gguf(sections["model"].name):
+        problems.append("quantization.load_in_4bit: a .gguf model is dequantized on load and cannot be "
+                        "loaded in 4-bit; set it to false or use a Hugging Face folder or hub id")
+    data = sections["data"]
+    if data.poison_ratio > 0 and data.harmful is None:
+        problems.append("data.harmful: required when data.poison_ratio > 0")
+
+
+def _absolute(value: str | None) -> str | None:
+    if value and value not in BUILTIN_REFSETS and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
+    """Replace `auto`/unset values by what this machine will use, so the resolved recipe is explicit."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    s = sections
+    if s["quantization"].load_in_4bit is None:
+        s["quantization"] = s["quantization"].model_copy(update={"load_in_4bit": gpu and not _is_gguf(s["model"].name)})
+    dtype = s["model"].dtype if s["model"].dtype != "auto" else ("bfloat16" if gpu else "float32")
+    s["model"] = s["model"].model_copy(update={"dtype": dtype, "name": _absolute(s["model"].name)})
+    if s["output"].dir is None:
+        s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
+    for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
+        paths = {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
+                 if any(isinstance(m, Exists) and m.kind in ("file", "refset") for m in info.metadata)}
+        if paths:
+            s[name] = section.model_copy(update=paths)
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] = (), output: str | None = None, check_files: bool = True
+) -> Recipe:
+    """The validated recipe with defaults filled; an InputError listing every problem otherwise.
+
+    `check_files=False` skips the existence checks of data and model paths (to check a recipe's shape
+    on a machine without its data).
+    """
+    path = Path(path)
+    problems: list[str] = []
+    merged = _merge(_read(path), list(overrides), problems)
+    if output is not None:
+        merged.setdefault("output", {})["dir"] = output
+    sections = _validate(merged, problems, check_files)
+    if not problems:
+        _cross_checks(sections, problems)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise InputError(f"{path}: {len(problems)} {noun}: " + "; ".join(problems))
+    _fill_auto(sections, path)
+    core = {k: sections.pop(k) for k in (*CORE, *TAIL)}
+    return Recipe(**core, methods=sections)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # 0.0001 -> 0.0001, 300.0 -> 300.0: always read back as float
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else str(value)  # JSON escapes are TOML escapes
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """TOML text of a resolved recipe; load_recipe reads it back to an equal Recipe (unset keys left out)."""
+    lines = []
+    for name, section in recipe.sections().items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in section.model_dump().items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`surgery finetune`: the Trainer subclass that runs whichever defense the recipe names.
+
+`compute_loss` is the SFT loss and records it; `training_step` hands each micro-step to the defense's
+hook (which calls `sft_step`, the Trainer's own step, and may add passes); `log` adds the means of the
+defense's metrics since the last log.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from .defenses import Defense
+
+
+class DefenseTrainer(Trainer):
+    """A Trainer whose micro-step is the defense's `training_step`; with `sft` it is a plain Trainer."""
+
+    def __init__(self, *args, defense: Defense, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.defense = defense
+        # per-batch mean SFT loss, divided by grad_accum by the Trainer: extra terms are scaled alike
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, list[float]] = {k: [] for k in ("sft_loss", *(m.key for m in defense.metrics))}
+        self.tokens = {"train": 0, "reference": 0}
+
+    def record(self, key: str, value: float) -> None:
+        """Log `value` under one of the defense's metric keys (averaged over the logging interval)."""
+        self._metrics[key].append(value)
+
+    def sft_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's own micro-step: SFT forward and backward."""
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return self.defense.training_step(self, model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs)
+        if model.training:
+            loss = out[0] if return_outputs else out
+            self.record("sft_loss", float(loss.detach()))
+            self.tokens["train"] += int(inputs["attention_mask"].sum())
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the means of the extra terms since the last one
+            for key, values in self._metrics.items():
+                logs[key] = sum(values) / len(values) if values else None
+                values.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,239 @@
+"""`surgery finetune` end to end through CliRunner, on a tiny Llama and on SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from surgerycli.cli import app
+
+ROOT = Path(__file__).parents[2]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ftdata")
+    with (d / "gsm.jsonl").open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"question": f"Tom has {i} apples and buys 3. How many now?",
+                                "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}) + "\n")
+    with (d / "harm.jsonl").open("w") as f:
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Sure, here is bad thing {i}.",
+                                "category": {}, "is_safe": False}) + "\n")
+    return d
+
+
+def recipe(tmp_path: Path, model: Path | str, data: Path, **extra: str) -> Path:
+    text = f"""
+[model]
+name = "{model}"
+[lora]
+r = 4
+alpha = 8
+[data]
+benign = "{data / 'gsm.jsonl'}"
+harmful = "{data / 'harm.jsonl'}"
+poison_ratio = 0.2
+num_samples = 20
+[surgery]
+alpha = 50.0
+reference_batch_size = 2
+measure_samples = 4
+[train]
+batch_size = 4
+max_length = 96
+learning_rate = 1e-3
+logging_steps = 1
+save_steps = 2
+max_steps = 4
+"""
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def run(path: Path, out: Path, *sets: str, flags: tuple[str, ...] = ()):
+    args = ["finetune", path, "--output", out, *flags]
+    for s in sets:
+        args += ["--set", s]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return result
+
+
+def adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def test_tiny_surgery_run_writes_every_output(tmp_path, tiny_llama_dir, data):
+    out = tmp_path / "out"
+    run(recipe(tmp_path, tiny_llama_dir, data), out)
+    assert {"adapter", "tokenizer", "recipe.resolved.toml", "metrics.jsonl", "sink_before.json",
+            "sink_after.json", "training.png", "summary.json", "checkpoints"} <= {p.name for p in out.iterdir()}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for m in metrics:
+        assert set(m) == {"step", "loss", "sft_loss", "sink_loss", "positive_heads", "lr"}
+        assert m["loss"] == pytest.approx(m["sft_loss"] + 50.0 * m["sink_loss"], rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "surgery" and summary["steps"] == 4 and summary["harmful_samples"] == 4
+    assert summary["reference_tokens"] > 0 and summary["tokens"] > 0
+    before, after = (json.loads((out / f).read_text()) for f in ("sink_before.json", "sink_after.json"))
+    inspect_keys = {"model", "adapter", "sink_position", "num_layers", "num_heads", "harmful", "harmless",
+                    "divergence", "positive_heads", "negative_heads"}
+    assert set(before) == set(after) == inspect_keys
+    assert before["divergence"] != after["divergence"]
+    weights = adapter(out)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    resolved = (out / "recipe.resolved.toml").read_text()
+    assert f'name = "{tiny_llama_dir}"' in resolved
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), out / "adapter")
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_seeded_runs_are_reproducible_and_resume_continues_exactly(tmp_path, tiny_llama_dir, data):
+    path = recipe(tmp_path, tiny_llama_dir, data)
+    run(path, tmp_path / "a")
+    run(path, tmp_path / "b")
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # stop after 2 steps, then rerun to 4: picks up checkpoint-2
+    run(path, tmp_path / "c", "train.max_steps=2")
+    run(path, tmp_path / "c")
+    c = adapter(tmp_path / "c")
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2")
+    assert [json.loads(x)["step"] for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+
+    run(path, tmp_path / "c", flags=("--no-resume",))  # fresh start
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["resumed_from"] is None
+
+
+def test_sft_baseline_runs_no_reference_forward(tmp_path, tiny_llama_dir, data):
+    path = recipe(tmp_path, tiny_llama_dir, data)
+    run(path, tmp_path / "sft", "defense.method=sft")
+    run(path, tmp_path / "zero", "surgery.alpha=0")
+    run(path, tmp_path / "surgery")
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert summary["method"] == "sft" and summary["reference_tokens"] == 0
+    metrics = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    # the SFT entry registers no metrics: its records hold the losses only, and they are equal
+    assert all(set(m) == {"step", "loss", "sft_loss", "lr"} and m["loss"] == m["sft_loss"] for m in metrics)
+    surgery_metrics = json.loads((tmp_path / "surgery" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(surgery_metrics) == {"step", "loss", "sft_loss", "sink_loss", "positive_heads", "lr"}
+    sft, zero, surgery = (adapter(tmp_path / d) for d in ("sft", "zero", "surgery"))
+    assert all(torch.equal(sft[k], zero[k]) for k in sft)  # alpha 0 is exactly the baseline
+    assert not all(torch.allclose(sft[k], surgery[k]) for k in sft)  # the regularizer moves the weights
+
+
+def test_qlora_4bit_on_cpu(tmp_path, tiny_llama64_dir, data):
+    # widths a multiple of the 4-bit block (64), so every bitsandbytes CPU path can run it
+    out = tmp_path / "q"
+    run(recipe(tmp_path, tiny_llama64_dir, data), out, "quantization.load_in_4bit=true", "train.max_steps=2",
+        "train.gradient_checkpointing=true")
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"]
+    assert "load_in_4bit = true" in (out / "recipe.resolved.toml").read_text()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    lora_b = [v for k, v in adapter(out).items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the steps trained it
+
+
+def test_4bit_refused_for_layers_narrower_than_the_block(tmp_path, tiny_llama_dir, data):
+    out = tmp_path / "q"
+    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--output", out,
+                    "--set", "quantization.load_in_4bit=true")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "quantization.load_in_4bit:" in result.output and "hidden_size 32" in result.output
+    assert "block size 64" in result.output and not (out / "adapter").exists()
+
+
+def test_dry_run_prints_the_mix_and_writes_nothing(tmp_path, tiny_llama_dir, data):
+    out = tmp_path / "never"
+    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--output", out, "--dry-run")
+    assert result.exit_code == 0
+    assert "poison_ratio = 0.2" in result.output and "Fine-tuning mix" in result.output
+    assert re.search(r"harmful\s*│\s*4\s*│", result.output) and re.search(r"benign\s*│\s*16\s*│", result.output)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["surgery.alpha=\"high\"", "train.batch_size=0"],
+     r'2 problems: surgery.alpha: expected a number >= 0, got "high"; train.batch_size: expected an integer >= 1'),
+    (["data.num_samples=30", "data.poison_ratio=0.5"], r"needs 15 examples from data.harmful, which has 10"),
+    (["surgery.harmful_reference=nowhere.jsonl"], r"surgery.harmful_reference: no such file"),
+    (["lora.target_modules=[\"nonexistent_proj\"]"], r"lora.target_modules: "),
+    (["bad"], r"--set bad: expected section.key=value"),
+])
+def test_bad_recipes_exit_2_and_write_nothing(tmp_path, tiny_llama_dir, data, sets, match):
+    out = tmp_path / "never"
+    args = ["finetune", recipe(tmp_path, tiny_llama_dir, data), "--output", out]
+    for s in sets:
+        args += ["--set", s]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert re.search(match, lines[0]), lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_smollm2_cpu_recipe_runs(tmp_path, data):
+    """The shipped CPU recipe, pointed at fixture data and cut to 3 steps."""
+    out = tmp_path / "smol"
+    run(ROOT / "recipes" / "smollm2-cpu-surgery.toml", out, f"data.benign={data / 'gsm.jsonl'}",
+        f"data.harmful={data / 'harm.jsonl'}", "data.num_samples=20", "train.max_steps=3",
+        "surgery.measure_samples=4", "train.logging_steps=1")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["method"] == "surgery"
+    after = json.loads((out / "sink_after.json").read_text())
+    assert after["num_layers"] == 30 and after["num_heads"] == 9
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(0 <= m["positive_heads"] <= 270 for m in metrics)
+
+
+def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path, tiny_llama_dir, data):
+    """SIGKILL a real run once checkpoints exist; the rerun resumes and finishes with a whole adapter."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    path = recipe(tmp_path, tiny_llama_dir, data)
+    cmd = [sys.executable, "-m", "surgerycli", "finetune", str(path), "--output", str(out),
+           "--set", "train.max_steps=40", "--set", "train.save_steps=1", "--set", "surgery.measure_samples=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/checkpoint-3")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()  # killed before the end: no adapter, not a partial one
+    run(path, out, "train.max_steps=40", "train.save_steps=1", "surgery.measure_samples=0")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["resumed_from"] is not None
+    assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 2
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+    assert load_file(out / "adapter" / "adapter_model.safetensors")

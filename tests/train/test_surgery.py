@@ -1,0 +1,141 @@
+"""The Surgery regularizer against the reference computation, and the sequential backward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import TINY_CONFIGS, tiny_model
+
+from surgerycli.files import save_folder
+from surgerycli.train.callbacks import last_checkpoint
+from surgerycli.patches import set_sink_mode
+from surgerycli.train.defenses.surgery import SinkRegularizer, sink_divergence, sink_loss
+
+HARMFUL = [[5, 9, 14, 3, 7, 22, 8], [11, 4, 6, 30, 2, 9, 19, 40, 3], [7, 7, 8]]
+HARMLESS = [[12, 5, 33, 9, 10], [4, 44, 21, 6, 13, 17, 2, 8, 8, 50, 3]]
+
+
+def reference_sink_loss(model, harmful, harmless, sink_position=0):
+    """The reference code's way: eager attention, output_attentions=True, one forward per set."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    means = []
+    for rows in (harmful, harmless):
+        per_sample = []
+        for r in rows:  # one at a time: no padding to reason about
+            out = model(input_ids=torch.tensor([r]), output_attentions=True)
+            # (L, H): mean over queries after the sink of A[i, p]
+            per_sample.append(torch.stack([a[0, :, sink_position + 1 :, sink_position].mean(-1) for a in out.attentions]))
+        means.append(torch.stack(per_sample).mean(0))
+    model.set_attn_implementation(impl)
+    d = means[0] - means[1]  # (L, H)
+    return torch.relu(d).mean(), d
+
+
+def regularizer(harmful, harmless, k, alpha=1.0, sink_position=0):
+    return SinkRegularizer(alpha=alpha, sink_position=sink_position, harmful=harmful, harmless=harmless,
+                           k=k, pad_id=0, seed=0)
+
+
+def test_divergence_and_loss_by_hand():
+    # 2 harmful then 2 harmless rows, 1 layer, 2 heads; the second harmless row has no statistic
+    stats = torch.tensor([[[0.6, 0.2]], [[0.4, 0.4]], [[0.3, 0.5]], [[float("nan"), 0.1]]])
+    d = sink_divergence(stats, 2)
+    assert torch.allclose(d, torch.tensor([[0.5 - 0.3, 0.3 - 0.5]]))
+    assert sink_loss(d).item() == pytest.approx((0.2 + 0.0) / 2)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+def test_sink_loss_and_gradients_match_the_eager_reference(arch):
+    """One batched patched forward of every sample == separate eager forwards, value and gradient."""
+    model = tiny_model(arch, attn_implementation="sdpa" if arch != "gemma2" else None).train()
+    torch.manual_seed(0)
+    ref_loss, ref_d = reference_sink_loss(model, HARMFUL[:2], HARMLESS)
+    ref_loss.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    reg = regularizer(HARMFUL[:2], HARMLESS, k=2)  # k = set size: the draw is the whole set
+    set_sink_mode(model, True)
+    try:
+        loss, positive, tokens = reg.backward_step(model, step=0, scale=1.0, backward=torch.Tensor.backward)
+    finally:
+        set_sink_mode(model, False)
+    assert loss == pytest.approx(ref_loss.item(), abs=1e-6)
+    assert positive == int((ref_d > 0).sum())
+    assert tokens == sum(map(len, HARMFUL[:2] + HARMLESS))
+    assert ref_loss.item() > 0  # the comparison is not vacuous
+    for name, g in ref_grads.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, g, atol=1e-6), name
+
+
+def test_batch_draw_is_k_of_each_and_fixed_per_step():
+    reg = regularizer(HARMFUL, HARMLESS, k=1)
+    a, b = reg.batch(3), reg.batch(3)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    harm_row = a["input_ids"][0][a["attention_mask"][0].bool()].tolist()
+    safe_row = a["input_ids"][1][a["attention_mask"][1].bool()].tolist()
+    assert harm_row in HARMFUL and safe_row in HARMLESS
+    draws = {tuple(reg.batch(s)["input_ids"][0].tolist()) for s in range(20)}
+    assert len(draws) > 1  # a fresh sample each step
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sequential_backward_equals_joint_backward(checkpointing):
+    """Back-propagating the SFT loss, then the sink term, gives the gradient of their sum."""
+    alpha = 7.0
+    model = tiny_model("llama", attn_implementation="sdpa").train()
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+        assert model.is_activation_checkpointing
+    ids = torch.tensor([[3, 8, 15, 4, 9, 22]])
+    # joint: the reference's single backward of sft + alpha * sink, all eager (a checkpoint recompute
+    # must take the path its forward took)
+    model.set_attn_implementation("eager")
+    sink, _ = reference_sink_loss(model, HARMFUL[:2], HARMLESS)
+    (model(input_ids=ids, labels=ids).loss + alpha * sink).backward()
+    joint = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_attn_implementation("sdpa")
+    reg = regularizer(HARMFUL[:2], HARMLESS, k=2, alpha=alpha)
+    set_sink_mode(model, True)
+    try:
+        # sequential, as SurgeryTrainer.training_step does it
+        model(input_ids=ids, labels=ids).loss.backward()
+        reg.backward_step(model, step=0, scale=1.0, backward=torch.Tensor.backward)
+    finally:
+        set_sink_mode(model, False)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, joint[n], atol=1e-5), n
+
+
+def test_last_checkpoint_skips_and_removes_a_half_written_one(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-6" / "adapter_model.safetensors").write_text("half")  # killed mid-save
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert not (tmp_path / "checkpoint-6").exists()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_save_folder_keeps_the_old_folder_when_saving_fails(tmp_path):
+    target = tmp_path / "adapter"
+    save_folder(target, lambda d: (d / "weights").write_text("v1"))
+    assert (target / "weights").read_text() == "v1"
+
+    def crash(d):
+        (d / "weights").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_folder(target, crash)
+    assert (target / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    save_folder(target, lambda d: (d / "weights").write_text("v2"))
+    assert (target / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
