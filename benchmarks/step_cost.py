@@ -97,12 +97,12 @@ def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: st
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from surgerycli.models import DTYPES, load_model
+    from surgerycli.models import DTYPES, quantization_kwargs
 
     dev = torch.device(device)
     torch.manual_seed(0)
     if four_bit:  # as `surgery finetune` loads it: NF4 + double quantization, compute in dtype
-        model, _ = load_model(folder, DTYPES[dtype], dev, load_in_4bit=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **quantization_kwargs(DTYPES[dtype], dev))
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).to(dev)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
@@ -149,7 +149,10 @@ def main() -> None:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--child", method, str(T), folder, "--steps", str(args.steps),
                        "--device", args.device, "--dtype", args.dtype] + ["--load-in-4bit"] * args.load_in_4bit
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                child = subprocess.run(cmd, capture_output=True, text=True)
+                if child.returncode:
+                    sys.exit(f"{method} at {T} tokens failed:\n{child.stderr[-4000:]}")
+                out = child.stdout
                 results[method, T] = json.loads(out.strip().splitlines()[-1])
                 print(f"  {method:9s} T={T}: {results[method, T]['seconds']:.2f} s, "
                       f"{results[method, T]['peak'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)

@@ -124,6 +124,17 @@ def adapter_base(adapter: str) -> tuple[str | None, str]:
     return config.get("base_model_name_or_path"), ""
 
 
+def quantization_kwargs(dtype: torch.dtype, device: torch.device) -> dict:
+    """from_pretrained arguments of QLoRA loading: bitsandbytes NF4, double quantization, compute in `dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    # quantized weights are placed while loading; accelerate wants a GPU index, not "cuda"
+    index = (device.index or 0) if device.type == "cuda" else "cpu"
+    return {"quantization_config": config, "device_map": {"": index}}
+
+
 def load_model(
     name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False,
     option: str = "--load-in-4bit",
@@ -133,7 +144,7 @@ def load_model(
     `load_in_4bit`: bitsandbytes NF4 with double quantization, compute in `dtype` (QLoRA). The model is
     returned in eval mode; training code switches it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the caller shows its own spinner
@@ -144,13 +155,7 @@ def load_model(
     source, extra = resolve(name)
     tokenizer_extra = dict(extra)
     if load_in_4bit:
-        extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        # quantized weights are placed while loading; accelerate wants a GPU index, not "cuda"
-        index = (device.index or 0) if device.type == "cuda" else "cpu"
-        extra["device_map"] = {"": index}
+        extra.update(quantization_kwargs(dtype, device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_extra)
         # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
