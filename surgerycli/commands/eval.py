@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import BatchSize, Device, Dtype, Judge, Limit, MaxNewTokens, Safety, SafetyData, TaskData, Tasks, fail
+from .options import BatchSize, Device, Dtype, Judge, Limit, MaxNewTokens, Safety, SafetyData, TaskData, Tasks, eval_options, fail
 
 
 def eval_(
@@ -34,11 +34,9 @@ def eval_(
     from rich.console import Console
 
     from ..errors import InputError
-    from ..evaluate.options import EvalOptions
     from ..evaluate.run import run_eval
 
-    options = EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
-                          max_new_tokens)
+    options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens)
     try:
         run_eval(adapters or [], options, base=base, include_base=include_base, system_prompt=system_prompt,
                  out=out, device=device, dtype=dtype, console=Console())

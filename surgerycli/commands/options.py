@@ -23,6 +23,15 @@ Sets = Annotated[list[str] | None, typer.Option("--set", help="Override one reci
 Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quantization, lora, data, defense, one per defense (surgery, ...), train, output (see recipes/).")]
 
 
+def eval_options(safety: str, safety_data: list[str] | None, judge: str, tasks: str, task_data: list[str] | None,
+                 limit: int | None, batch_size: int, max_new_tokens: int):
+    """The EvalOptions value the eval options above spell."""
+    from ..evaluate.options import EvalOptions
+
+    return EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
+                       max_new_tokens)
+
+
 def fail(error: InputError) -> typer.Exit:
     """Print an input error as one line and exit with code 2."""
     typer.echo(f"error: {error}", err=True)

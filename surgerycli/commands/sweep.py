@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import BatchSize, Judge, Limit, MaxNewTokens, Safety, SafetyData, Sets, TaskData, Tasks, fail
+from .options import BatchSize, Judge, Limit, MaxNewTokens, Safety, SafetyData, Sets, TaskData, Tasks, eval_options, fail
 
 
 def sweep(
@@ -33,13 +33,11 @@ def sweep(
     from rich.console import Console
 
     from ..errors import InputError
-    from ..evaluate.options import EvalOptions
     from ..report.sweep import write_sweep
     from ..study.sweep import evaluator, plan, run_sweep
 
     console = Console()
-    options = EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
-                          max_new_tokens)
+    options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens)
     try:
         cells = plan(recipe, set_ or [], poison_ratios, methods, alphas)
         write_sweep(out, run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console), judge, console)

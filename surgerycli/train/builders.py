@@ -16,7 +16,8 @@ from ..data.finetune import build_mix, read_examples, tokenize_example
 from ..data.refsets import RefSet, named_refset, sample
 from ..errors import InputError
 from .defenses import Defense
-from .recipe import DataSection, LoraSection, ModelSection, QuantizationSection, Recipe, TrainSection
+from .recipe import Recipe
+from .sections import DataSection, LoraSection, ModelSection, QuantizationSection, TrainSection
 
 REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the first 1000 of each
 

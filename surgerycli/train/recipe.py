@@ -14,96 +14,17 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import annotated_types as at
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..data.refsets import BUILTIN_REFSETS
 from ..errors import InputError
-
-
-class Section(BaseModel):
-    """A recipe section: strict types, unknown keys refused, frozen once validated."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-@dataclass(frozen=True)
-class Expect:
-    """Field metadata: what the error says was expected, for types the generic text cannot describe."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Exists:
-    """Field metadata: the value names something that must exist (`file`, `refset` or `model`)."""
-
-    kind: str
-
-
-def _modules(value: str | list[str]) -> str | list[str]:
-    if value == "all-linear" or (isinstance(value, list) and value and all(value)):
-        return value
-    raise ValueError("target_modules")
-
-
-SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                     "polynomial", "inverse_sqrt"]
-BENIGN_FORMATS = Literal["auto", "alpaca", "messages", "prompt_response", "gsm8k", "sst2", "agnews"]
-
-
-class ModelSection(Section):
-    name: Annotated[str, Exists("model")]
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-
-
-class QuantizationSection(Section):
-    load_in_4bit: bool | None = None  # unset: on when a GPU is there
-
-
-class LoraSection(Section):
-    r: Annotated[int, Field(ge=1)] = 16
-    alpha: Annotated[float, Field(ge=0)] = 32.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: Annotated[str | list[str], AfterValidator(_modules),
-                              Expect('"all-linear" or a non-empty list of module names')] = "all-linear"
-
-
-class DataSection(Section):
-    benign: Annotated[str, Exists("file")]
-    benign_format: BENIGN_FORMATS = "auto"
-    harmful: Annotated[str | None, Exists("file")] = None
-    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
-    num_samples: Annotated[int, Field(ge=1)] = 1000
-    system_prompt: str = ""
-
-
-class DefenseSection(Section):
-    method: str = "surgery"  # a registered defense; checked against the registry
-
-
-class TrainSection(Section):
-    epochs: Annotated[float, Field(ge=0)] = 1.0
-    learning_rate: Annotated[float, Field(ge=0)] = 1e-4
-    lr_scheduler: SCHEDULERS = "constant"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
-    batch_size: Annotated[int, Field(ge=1)] = 4
-    grad_accum: Annotated[int, Field(ge=1)] = 1
-    max_length: Annotated[int, Field(ge=8)] = 512
-    seed: Annotated[int, Field(ge=0)] = 42
-    gradient_checkpointing: bool = True
-    logging_steps: Annotated[int, Field(ge=1)] = 10
-    save_steps: Annotated[int, Field(ge=1)] = 100
-    save_total_limit: Annotated[int, Field(ge=1)] = 2
-    max_steps: Annotated[int | None, Field(ge=1)] = None
-
-
-class OutputSection(Section):
-    dir: str | None = None  # unset: out/<recipe file stem>
+from .sections import (
+    DataSection, DefenseSection, Exists, Expect, LoraSection, ModelSection, OutputSection, QuantizationSection,
+    Section, TrainSection,
+)
 
 
 CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,

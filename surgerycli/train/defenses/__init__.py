@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from ..recipe import Section
+from ..sections import Section
 
 if TYPE_CHECKING:
     import torch

@@ -26,7 +26,7 @@ from surgerycli.patches import capture_sinks, sink_per_sample
 from ...data.finetune import pad_batch
 from ...data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
 from ...errors import InputError
-from ..recipe import Exists, Section
+from ..sections import Exists, Section
 from . import Defense, DefenseContext, Metric, register_defense
 
 
