@@ -47,7 +47,7 @@ def measure(batch_size: int, n: int, max_new_tokens: int, folder: str, device: s
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    texts = [render(tok, [{"role": "user", "content": p.text}]) for p in load_benchmark("harmbench", prompts_file, n)]
+    texts = [render(tok, [{"role": "user", "content": p.text}]) for p in load_benchmark("harmbench", prompts_file, n).prompts]
     generate(model, tok, texts[:batch_size], batch_size=batch_size, max_new_tokens=4)  # warm-up
     t0 = time.perf_counter()
     responses = generate(model, tok, texts, batch_size=batch_size, max_new_tokens=max_new_tokens)

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .options import BatchSize, Device, Dtype, Judge, Limit, MaxNewTokens, Safety, SafetyData, TaskData, Tasks, eval_options, fail
+from .options import (
+    BatchSize, BeavertailsRows, Device, Dtype, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat,
+    Safety, SafetyData, TaskData, Tasks, eval_options, fail,
+)
 
 
 def eval_(
@@ -21,7 +24,11 @@ def eval_(
     task_data: TaskData = None,
     limit: Limit = None,
     batch_size: BatchSize = 32,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = None,
+    max_input_tokens: MaxInputTokens = None,
+    prompt_format: PromptFormat = None,
+    beavertails_rows: BeavertailsRows = None,
+    preset: Preset = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt for every run. Default: the recipe's for finetune outputs, else the chat template's own.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write results.json, samples.jsonl, report.md and scores.png here.")] = None,
     device: Device = "auto",
@@ -36,8 +43,10 @@ def eval_(
     from ..errors import InputError
     from ..evaluate.run import run_eval
 
-    options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens)
     try:
+        options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
+                               preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
+                               max_input_tokens=max_input_tokens)
         run_eval(adapters or [], options, base=base, include_base=include_base, system_prompt=system_prompt,
                  out=out, device=device, dtype=dtype, console=Console())
     except InputError as e:

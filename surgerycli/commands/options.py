@@ -14,9 +14,13 @@ SafetyData = Annotated[list[str] | None, typer.Option(help="NAME=PATH: read a be
 Judge = Annotated[str, typer.Option(help="keyword (refusal phrases, offline), llama-guard:PATH, beaver-dam:PATH, harmbench-cls:PATH or sorrybench-judge:PATH.")]
 Tasks = Annotated[str, typer.Option(help="Comma-separated capability tasks: any lm-eval task name, or the built-ins surgery_gsm8k, surgery_sst2, surgery_agnews.")]
 TaskData = Annotated[list[str] | None, typer.Option(help="NAME=PATH: a built-in task's local .jsonl (and run it). Repeatable.")]
-Limit = Annotated[int | None, typer.Option(min=1, help="Only the first N prompts of each benchmark and N documents of each task.")]
+Limit = Annotated[int | None, typer.Option(min=1, help="Only the first N prompts of each benchmark and N documents of each task. Default: all (surgery-paper preset: 1000).", show_default=False)]
 BatchSize = Annotated[int, typer.Option(min=1, help="Prompts per generation batch (left padding); 32 was the fastest of 1, 8, 32 on CPU (benchmarks/eval_throughput.py).")]
-MaxNewTokens = Annotated[int, typer.Option(min=1, help="Tokens generated per response (greedy).")]
+MaxNewTokens = Annotated[int | None, typer.Option(min=1, help="Tokens generated per response (greedy). Default: 256 (surgery-paper preset: 512).", show_default=False)]
+MaxInputTokens = Annotated[int | None, typer.Option(min=1, help="Cut each input to its first N tokens, as the papers' evaluation does. Default: no cut (surgery-paper preset: 512).", show_default=False)]
+PromptFormat = Annotated[str | None, typer.Option(help="chat: the model's chat template (default); alpaca: the Alpaca template of the papers' evaluation, for every benchmark and built-in task.", show_default=False)]
+BeavertailsRows = Annotated[str | None, typer.Option(help="BeaverTails rows: unsafe (is_safe false, as Booster; default) or all (the file's rows in order, as the Surgery reference).", show_default=False)]
+Preset = Annotated[str | None, typer.Option(help="surgery-paper: alpaca prompts, BeaverTails rows all, the first 1000 prompts, inputs cut at 512 tokens, 512 new tokens, greedy (Lslland/Surgery poison/evaluation/pred.py). Options given explicitly override it.", show_default=False)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32.")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override one recipe key, e.g. --set surgery.alpha=0 (value read as TOML; repeatable).")]
@@ -24,12 +28,16 @@ Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quant
 
 
 def eval_options(safety: str, safety_data: list[str] | None, judge: str, tasks: str, task_data: list[str] | None,
-                 limit: int | None, batch_size: int, max_new_tokens: int):
-    """The EvalOptions value the eval options above spell."""
-    from ..evaluate.options import EvalOptions
+                 limit: int | None, batch_size: int, max_new_tokens: int | None, *, preset: str | None = None,
+                 prompt_format: str | None = None, beavertails_rows: str | None = None,
+                 max_input_tokens: int | None = None):
+    """The EvalOptions value the eval options above spell (a preset fills what was not given)."""
+    from ..evaluate.options import resolve_options
 
-    return EvalOptions(safety, tuple(safety_data or ()), judge, tasks, tuple(task_data or ()), limit, batch_size,
-                       max_new_tokens)
+    return resolve_options(preset, safety=safety, safety_data=tuple(safety_data or ()), judge=judge, tasks=tasks,
+                           task_data=tuple(task_data or ()), limit=limit, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, prompt_format=prompt_format,
+                           beavertails_rows=beavertails_rows, max_input_tokens=max_input_tokens)
 
 
 def fail(error: InputError) -> typer.Exit:

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from .options import BatchSize, Judge, Limit, MaxNewTokens, Safety, SafetyData, Sets, TaskData, Tasks, eval_options, fail
+from .options import (
+    BatchSize, BeavertailsRows, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat, Safety,
+    SafetyData, Sets, TaskData, Tasks, eval_options, fail,
+)
 
 
 def sweep(
@@ -24,7 +27,11 @@ def sweep(
     task_data: TaskData = None,
     limit: Limit = None,
     batch_size: BatchSize = 32,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = None,
+    max_input_tokens: MaxInputTokens = None,
+    prompt_format: PromptFormat = None,
+    beavertails_rows: BeavertailsRows = None,
+    preset: Preset = None,
 ) -> None:
     """Run the poison-ratio x method grid: a finetune and an eval per cell, resumable, one table at the end.
 
@@ -37,8 +44,10 @@ def sweep(
     from ..study.sweep import evaluator, plan, run_sweep
 
     console = Console()
-    options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens)
     try:
+        options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
+                               preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
+                               max_input_tokens=max_input_tokens)
         cells = plan(recipe, set_ or [], poison_ratios, methods, alphas)
         write_sweep(out, run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console), judge, console)
     except InputError as e:

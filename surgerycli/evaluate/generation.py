@@ -31,10 +31,19 @@ def eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def encode(tokenizer, texts: list[str], add_special_tokens: bool = False,
+           max_input_tokens: int | None = None) -> list[list[int]]:
+    """Token ids of each text; cut to its first `max_input_tokens` tokens when given (as the papers'
+    evaluation cuts inputs: the tokenizer's right-side truncation)."""
+    cut = {"truncation": True, "max_length": max_input_tokens} if max_input_tokens else {}
+    return [tokenizer(t, add_special_tokens=add_special_tokens, **cut)["input_ids"] for t in texts]
+
+
 @torch.inference_mode()
 def generate(
     model, tokenizer, texts: list[str], *, batch_size: int, max_new_tokens: int,
-    add_special_tokens: bool = False, on_batch: Callable[[int], None] | None = None,
+    add_special_tokens: bool = False, max_input_tokens: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy continuation of each already-rendered text (special tokens dropped, whitespace stripped).
 
@@ -42,7 +51,7 @@ def generate(
     """
     from transformers import GenerationConfig
 
-    encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+    encoded = encode(tokenizer, texts, add_special_tokens, max_input_tokens)
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,

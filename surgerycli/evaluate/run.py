@@ -9,6 +9,7 @@ model and a judge model never share memory. Outputs are written once at the end,
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,13 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from ..data.chat import render, with_system
 from ..data.safety import Prompt, load_benchmark
 from ..errors import InputError
 from ..models import adapter_base, adapter_dir, check_architecture, pick_device, pick_dtype
 from ..progress import PROGRESS_COLUMNS
 from ..report.eval import tables, write_outputs
 from .options import EvalOptions
+from .stats import wilson_percent
 
 
 @dataclass
@@ -73,28 +74,31 @@ def safety_names(safety: str, safety_data: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(names + list(safety_data)))
 
 
-def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], *, batch_size: int,
-                 max_new_tokens: int, progress: Progress) -> dict[str, list[str]]:
-    """Responses per benchmark for one run, greedy, through the model's chat template."""
-    from .generation import generate
+def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], options: EvalOptions,
+                 progress: Progress) -> dict[str, tuple[list[str], list[str]]]:
+    """Per benchmark: (the exact input texts the model got, its greedy responses), for one run."""
+    from .generation import encode, generate
+    from .prompts import adds_special_tokens, prompt_text
 
-    responses = {}
+    o, special = options, adds_special_tokens(options.prompt_format)
+    out = {}
     for name, prompts in benchmarks.items():
         task = progress.add_task(f"{_short(run)} {name}", total=len(prompts))
-        texts = [render(tokenizer, with_system([{"role": "user", "content": p.text}], run.system_prompt))
-                 for p in prompts]
-        responses[name] = generate(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   on_batch=lambda n, task=task: progress.advance(task, n))
-    return responses
+        texts = [prompt_text(tokenizer, p.text, run.system_prompt, o.prompt_format) for p in prompts]
+        inputs = [tokenizer.decode(ids) for ids in encode(tokenizer, texts, special, o.max_input_tokens)]
+        responses = generate(model, tokenizer, texts, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens,
+                             add_special_tokens=special, max_input_tokens=o.max_input_tokens,
+                             on_batch=lambda n, task=task: progress.advance(task, n))
+        out[name] = (inputs, responses)
+    return out
 
 
 def _short(run: Run) -> str:
     return Path(run.adapter).name if run.adapter else "base"
 
 
-def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spec: tuple, *, device: torch.device,
-                  dtype: torch.dtype, limit: int | None, batch_size: int, max_new_tokens: int,
-                  progress: Progress) -> list[tuple[dict, dict, list[dict]]]:
+def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spec: tuple, options: EvalOptions, *,
+                  device: torch.device, dtype: torch.dtype, progress: Progress) -> list[tuple[dict, dict, list[dict]]]:
     """Per run: (responses per benchmark, task metrics, task sample rows). Each base model loads once."""
     from peft import PeftModel
 
@@ -111,13 +115,11 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
             if run.base != base:
                 continue
             m = model if run.adapter is None else PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval()
-            responses = generate_run(m, tokenizer, run, benchmarks, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, progress=progress)
+            responses = generate_run(m, tokenizer, run, benchmarks, options, progress)
             metrics, rows = {}, []
             if builtin or other:
                 task = progress.add_task(f"{_short(run)} tasks", total=None)
-                metrics, rows = run_tasks(m, tokenizer, builtin, other, manager, limit=limit, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, system_prompt=run.system_prompt,
+                metrics, rows = run_tasks(m, tokenizer, builtin, other, manager, options, system_prompt=run.system_prompt,
                                           progress=progress, task_id=task)
             out[i] = (responses, metrics, rows)
             if run.adapter is not None:
@@ -135,14 +137,16 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
     for i, (run, (responses, metrics, task_rows)) in enumerate(zip(runs, generated)):
         safety = {}
         for name, prompts in benchmarks.items():
+            inputs, answers = responses[name]
             task = progress.add_task(f"judging {_short(run)} {name}", total=len(prompts))
-            verdicts = judge.verdicts([p.text for p in prompts], responses[name], batch_size)
+            verdicts = judge.verdicts([p.text for p in prompts], answers, batch_size)
             progress.advance(task, len(prompts))
             harmful = sum(h for h, _ in verdicts)
-            safety[name] = {"judge": judge.name, "n": len(prompts), "harmful_score": 100.0 * harmful / len(prompts)}
-            for p, response, (is_harmful, note) in zip(prompts, responses[name], verdicts):
+            safety[name] = {"judge": judge.name, "n": len(prompts), "harmful": harmful,
+                            "harmful_score": 100.0 * harmful / len(prompts), "ci95": wilson_percent(harmful, len(prompts))}
+            for p, text, response, (is_harmful, note) in zip(prompts, inputs, answers, verdicts):
                 samples.append({"run": i, "adapter": run.adapter, "benchmark": name, "category": p.category,
-                                "prompt": p.text, "response": response,
+                                "prompt": p.text, "input": text, "response": response,
                                 "verdict": "harmful" if is_harmful else "safe", "judge": judge.name, "note": note})
         samples += [{"run": i, "adapter": run.adapter, **row} for row in task_rows]
         records.append({"adapter": run.adapter, "base": run.base, "safety": safety, "tasks": metrics})
@@ -154,16 +158,18 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
              console: Console) -> list[dict]:
     """Evaluate every run; the results.json run records (and the files under `out` when given)."""
     from .judges import make_judge
+    from .provenance import provenance, task_source
     from .tasks import check_tasks
 
-    o = options
+    o, started, t0 = options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
     if out is not None and out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     runs = resolve_runs(adapters, base, include_base, system_prompt)
     data = parse_pairs(list(o.safety_data), "--safety-data")
-    benchmarks = {n: load_benchmark(n, data.get(n), o.limit) for n in safety_names(o.safety, data)}
-    task_names = [t.strip() for t in o.tasks.split(",") if t.strip()]
-    task_spec = check_tasks(task_names, parse_pairs(list(o.task_data), "--task-data"))
+    loaded = {n: load_benchmark(n, data.get(n), o.limit, o.beavertails_rows) for n in safety_names(o.safety, data)}
+    benchmarks = {n: b.prompts for n, b in loaded.items()}
+    task_files = parse_pairs(list(o.task_data), "--task-data")
+    task_spec = check_tasks([t.strip() for t in o.tasks.split(",") if t.strip()], task_files)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     judge_obj = make_judge(o.judge, dev, dt)
@@ -171,12 +177,19 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
         raise InputError("nothing to measure: --safety none and no --tasks or --task-data")
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        generated = evaluate_runs(runs, benchmarks, task_spec, device=dev, dtype=dt, limit=o.limit,
-                                  batch_size=o.batch_size, max_new_tokens=o.max_new_tokens, progress=progress)
+        generated = evaluate_runs(runs, benchmarks, task_spec, o, device=dev, dtype=dt, progress=progress)
         records, samples = judge_runs(judge_obj, runs, benchmarks, generated, o.batch_size, progress)
     for table in tables(records):
         console.print(table)
     if out is not None:
-        write_outputs(out, records, samples)
+        sources = {n: b.source for n, b in loaded.items()}
+        for name, docs in task_spec[0].items():
+            sources[name] = task_source(task_files[name], len(docs), min(len(docs), o.limit or len(docs)), o.limit)
+        for name in task_spec[1]:
+            sources[name] = {"path": f"lm-eval:{name}", "sha256": None, "rows_total": None,
+                             "rows_used": records[0]["tasks"].get(name, {}).get("n"), "selection": "as lm-eval defines it"}
+        prov = provenance(o, data=sources, judge=judge_obj, device=dev, dtype=dt, started_at=started,
+                          wall_time_s=time.time() - t0)
+        write_outputs(out, records, samples, prov)
         console.print(f"wrote {out}/results.json, samples.jsonl, report.md, scores.png")
     return records

@@ -92,17 +92,21 @@ BUILTIN_TASKS = {
 }
 
 
-def task_config(name: str, docs: list[dict], max_new_tokens: int) -> dict:
-    """An lm-eval task config for a built-in task over `docs` already read and checked."""
+def task_config(name: str, docs: list[dict], max_new_tokens: int, prompt_format: str = "chat") -> dict:
+    """An lm-eval task config for a built-in task over `docs` already read and checked; with the alpaca
+    format each question is wrapped in the Alpaca template (and asked without the chat template)."""
     import datasets
 
+    from .prompts import ALPACA
+
     _, score, tokens = BUILTIN_TASKS[name]
+    text = (lambda doc: ALPACA.format(q=doc["prompt"])) if prompt_format == "alpaca" else (lambda doc: doc["prompt"])
     return {
         "task": name,
         "custom_dataset": lambda **_: {"test": datasets.Dataset.from_list(docs)},
         "test_split": "test",
         "output_type": "generate_until",
-        "doc_to_text": lambda doc: doc["prompt"],
+        "doc_to_text": text,
         "doc_to_target": lambda doc: doc["gold"],
         "process_results": score,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
@@ -153,33 +157,49 @@ def _builtin_samples(samples: dict) -> list[dict]:
     rows = []
     for task, items in samples.items():
         for s in items:
-            rows.append({"benchmark": task, "prompt": s["doc"]["prompt"], "response": s["resps"][0][0],
-                         "verdict": "correct" if s["acc"] else "wrong", "gold": s["doc"]["gold"]})
+            rows.append({"benchmark": task, "prompt": s["doc"]["prompt"], "input": s["arguments"][0][0],
+                         "response": s["resps"][0][0], "verdict": "correct" if s["acc"] else "wrong",
+                         "gold": s["doc"]["gold"]})
     return rows
 
 
-def run_tasks(model, tokenizer, builtin: dict[str, list[dict]], other: list[str], manager, *,
-              limit: int | None, batch_size: int, max_new_tokens: int, system_prompt: str,
-              progress, task_id) -> tuple[dict[str, dict[str, float]], list[dict]]:
+def _with_intervals(metrics: dict[str, dict[str, float]], n_samples: dict) -> None:
+    """Add each task's document count `n` and, beside `acc`, its 95% Wilson interval `acc_ci95` (in [0, 1])."""
+    from .stats import wilson
+
+    for task, values in metrics.items():
+        n = (n_samples.get(task) or {}).get("effective")
+        if n:
+            values["n"] = n
+            if "acc" in values:
+                values["acc_ci95"] = [round(x, 4) for x in wilson(round(values["acc"] * n), n)]
+
+
+def run_tasks(model, tokenizer, builtin: dict[str, list[dict]], other: list[str], manager, options, *,
+              system_prompt: str, progress, task_id) -> tuple[dict[str, dict[str, float]], list[dict]]:
     """({task: {metric: value}}, per-sample rows of the built-in tasks) from lm-eval's simple_evaluate."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = progress_lm(model, tokenizer, batch_size, progress, task_id)
+    o = options
+    lm = progress_lm(model, tokenizer, o.batch_size, progress, task_id)
     metrics, rows = {}, []
-    # built-ins through the chat template, lm-eval's own tasks as lm-eval runs them: two calls
-    calls = [([task_config(n, d, max_new_tokens) for n, d in builtin.items()], True,
-              TaskManager(include_defaults=False)), (other, False, manager)]
-    for tasks, chat, tm in calls:
+    # built-ins in the prompt format (chat template, or Alpaca text), lm-eval's own tasks as lm-eval runs them
+    chat = o.prompt_format == "chat"
+    calls = [([task_config(n, d, o.max_new_tokens, o.prompt_format) for n, d in builtin.items()], chat, True,
+              TaskManager(include_defaults=False)), (other, False, False, manager)]
+    for tasks, template, ours, tm in calls:
         if not tasks:
             continue
         with quiet_stderr():
-            r = simple_evaluate(model=lm, tasks=tasks, limit=limit, apply_chat_template=chat,
-                                system_instruction=system_prompt or None, task_manager=tm,
-                                log_samples=chat, bootstrap_iters=1000)
-        metrics.update(_metrics(r["results"]))
-        if chat:
+            r = simple_evaluate(model=lm, tasks=tasks, limit=o.limit, apply_chat_template=template,
+                                system_instruction=(system_prompt or None) if template else None, task_manager=tm,
+                                log_samples=ours, bootstrap_iters=1000)
+        found = _metrics(r["results"])
+        _with_intervals(found, r.get("n-samples", {}))
+        metrics.update(found)
+        if ours:
             rows += _builtin_samples(r["samples"])
     return metrics, rows
 

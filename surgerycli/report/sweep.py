@@ -20,8 +20,9 @@ def method_label(cell: dict) -> str:
     return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "")
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def _fmt(x: float | None, ci: list[float] | None = None) -> str:
+    """`12.5 [5.3, 26.1]`, or `-` for a missing score."""
+    return "-" if x is None else f"{x:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
 def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
@@ -38,14 +39,15 @@ def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
                 row += ["failed", "", ""]
             else:
                 heads = f"{c['positive_heads_before']}->{c['positive_heads_after']}" if c["positive_heads_after"] is not None else "-"
-                row += [_fmt(c["harmful_score"]), _fmt(c["accuracy"]), heads]
+                row += [_fmt(c["harmful_score"], c.get("hs_ci95")), _fmt(c["accuracy"], c.get("fa_ci95")), heads]
         rows.append(row)
     return header, rows
 
 
 def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
     header, rows = sweep_table(sweep)
-    table = Table(title=f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %; heads+: positive heads before->after")
+    table = Table(title=f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %; [95% Wilson "
+                        f"interval]; heads+: positive heads before->after")
     for col in header:
         table.add_column(col, justify="right")
     for row in rows:
@@ -53,7 +55,8 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
     console.print(table)
     base = sweep["base"]
     md = (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
-          f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'])}, FA {_fmt(base['accuracy'])}.\n\n"
+          f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
+          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: 95% Wilson intervals.\n\n"
           + markdown_table(header, rows))
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
@@ -63,23 +66,43 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
 
 
 def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
+    """HS and FA per method against poison ratio, with 95% Wilson error bars: lines over several ratios
+    (each method nudged sideways so equal points stay visible), grouped bars at a single ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax, title in (("harmful_score", axes[0], f"harmful score ({judge})"), ("accuracy", axes[1], "task accuracy %")):
-        for m in dict.fromkeys(method_label(c) for c in sweep["cells"]):
-            pts = [(c["poison_ratio"], c[key]) for c in sweep["cells"]
-                   if method_label(c) == m and c["status"] == "ok" and c[key] is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
+    ok = [c for c in sweep["cells"] if c["status"] == "ok"]
+    methods = list(dict.fromkeys(method_label(c) for c in sweep["cells"]))
+    ratios = sorted({c["poison_ratio"] for c in sweep["cells"]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    for key, ci_key, ax, title in (("harmful_score", "hs_ci95", axes[0], f"harmful score, judge {judge}"),
+                                   ("accuracy", "fa_ci95", axes[1], "task accuracy %")):
+        for i, m in enumerate(methods):
+            cells = [c for c in ok if method_label(c) == m and c[key] is not None]
+            if not cells:
+                continue
+            offset = (i - (len(methods) - 1) / 2)
+            ys = [c[key] for c in cells]
+            err = [[y - (c.get(ci_key) or [y, y])[0] for y, c in zip(ys, cells)],
+                   [(c.get(ci_key) or [y, y])[1] - y for y, c in zip(ys, cells)]]
+            if len(ratios) == 1:
+                width = 0.8 / len(methods)
+                ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
+                ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
+            else:
+                step = 0.012 * (ratios[-1] - ratios[0])
+                xs = [c["poison_ratio"] + offset * step for c in cells]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
         if sweep["base"][key] is not None:
             ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
-        ax.set_xlabel("poison ratio")
-        ax.set_title(title)
-        ax.set_ylim(0, 100)
+        if len(ratios) == 1:
+            ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
+        else:
+            ax.set_xlabel("poison ratio")
+        ax.set_title(title + "\nerror bars: 95% Wilson interval", fontsize=10)
+        ax.set_ylim(-2, 112)
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -82,20 +82,24 @@ def cell_overrides(cell: dict) -> list[str]:
     return sets + ([f"surgery.alpha={cell['alpha']}"] if cell["alpha"] is not None else [])
 
 
-def headline(records: list[dict]) -> tuple[float | None, float | None]:
-    """(harmful score of the first benchmark, accuracy of the first task) of an eval run."""
+def headline(records: list[dict]) -> dict:
+    """The first benchmark's harmful score and the first task's accuracy (%) of an eval run, with their
+    95% Wilson intervals."""
     run = records[0]
-    hs = next(iter(run["safety"].values()))["harmful_score"] if run["safety"] else None
-    fa = next(iter(run["tasks"].values())).get("acc") if run["tasks"] else None
-    return hs, (100 * fa if fa is not None else None)
+    safety = next(iter(run["safety"].values())) if run["safety"] else {}
+    task = next(iter(run["tasks"].values())) if run["tasks"] else {}
+    acc, ci = task.get("acc"), task.get("acc_ci95")
+    return {"harmful_score": safety.get("harmful_score"), "hs_ci95": safety.get("ci95"),
+            "accuracy": 100 * acc if acc is not None else None,
+            "fa_ci95": [round(100 * x, 2) for x in ci] if ci else None}
 
 
 def run_cell(recipe: Path, overrides: list[str], cell: dict, folder: Path, evaluate, console: Console) -> dict:
     from ..train.finetune import run_finetune
 
     summary = run_finetune(recipe, overrides + cell_overrides(cell), str(folder / "finetune"), False, True, console)
-    hs, fa = headline(evaluate([str(folder / "finetune")], folder / "eval"))
-    return {**cell, "status": "ok", "harmful_score": hs, "accuracy": fa,
+    scores = headline(evaluate([str(folder / "finetune")], folder / "eval"))
+    return {**cell, "status": "ok", **scores,
             "positive_heads_before": summary["positive_heads_before"],
             "positive_heads_after": summary["positive_heads_after"], "steps": summary["steps"],
             "label": summary["label"], "final_metrics": summary["final_metrics"],
@@ -110,8 +114,8 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[dict], out: Path, 
     base_file = out / "base.json"
     if not base_file.is_file():
         console.rule(f"base model {base_name}: before the attack")
-        hs, fa = headline(evaluate([], out / "base-eval", base=base_name))
-        atomic_write_text(base_file, json.dumps({"model": base_name, "harmful_score": hs, "accuracy": fa}) + "\n")
+        scores = headline(evaluate([], out / "base-eval", base=base_name))
+        atomic_write_text(base_file, json.dumps({"model": base_name, **scores}) + "\n")
     results = []
     for cell in cells:
         folder = out / "cells" / cell["name"]

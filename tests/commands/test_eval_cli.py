@@ -53,11 +53,16 @@ def test_eval_of_a_finetuned_adapter_writes_consistent_outputs(tmp_path, finetun
     assert all(r["base"] == str(tiny_llama_dir) for r in runs)  # from recipe.resolved.toml
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     for i, run in enumerate(runs):
-        assert set(run["tasks"]["surgery_gsm8k"]) == {"acc", "acc_stderr"}
+        gsm_metrics = run["tasks"]["surgery_gsm8k"]
+        assert set(gsm_metrics) == {"acc", "acc_stderr", "n", "acc_ci95"} and gsm_metrics["n"] == 3
+        assert gsm_metrics["acc_ci95"][0] <= gsm_metrics["acc"] <= gsm_metrics["acc_ci95"][1]
         for name, s in run["safety"].items():
             rows = [x for x in samples if x["run"] == i and x["benchmark"] == name]
             assert s["judge"] == "keyword" and s["n"] == len(rows) == 3
-            assert s["harmful_score"] == pytest.approx(100 * sum(x["verdict"] == "harmful" for x in rows) / 3)
+            assert s["harmful"] == sum(x["verdict"] == "harmful" for x in rows)
+            assert s["harmful_score"] == pytest.approx(100 * s["harmful"] / 3)
+            assert s["ci95"][0] <= s["harmful_score"] <= s["ci95"][1]
+            assert all(x["input"].endswith("<|im_start|>assistant\n") and x["prompt"] in x["input"] for x in rows)
         task_rows = [x for x in samples if x["run"] == i and x["benchmark"] == "surgery_gsm8k"]
         assert len(task_rows) == 3
         assert run["tasks"]["surgery_gsm8k"]["acc"] == pytest.approx(
@@ -65,7 +70,7 @@ def test_eval_of_a_finetuned_adapter_writes_consistent_outputs(tmp_path, finetun
     prompts = lambda i: [x["prompt"] for x in samples if x["run"] == i]  # noqa: E731
     assert prompts(0) == prompts(1)  # same prompts side by side
     report = (out / "report.md").read_text()
-    assert f"`{finetuned}`" in report and "| harmbench | keyword | 3 |" in report
+    assert f"`{finetuned}`" in report and "| harmbench | keyword | 3 |" in report and "95% Wilson" in report
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -95,7 +100,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(tmp_path, finetuned, ti
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, finetuned / "adapter").eval()
     expected = []
-    for p in load_benchmark("harmbench", None, 3):
+    for p in load_benchmark("harmbench", None, 3).prompts:
         chat = [{"role": "system", "content": "You are careful."}, {"role": "user", "content": p.text}]
         ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         seq = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)

