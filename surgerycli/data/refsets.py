@@ -19,7 +19,8 @@ from .rows import Role, csv_header, read_rows
 
 DEFAULT_HARMFUL = "builtin:harmbench+donotanswer"
 DEFAULT_HARMLESS = "builtin:harmless"
-BUILTIN_REFSETS = (DEFAULT_HARMFUL, DEFAULT_HARMLESS)
+HARMBENCH = "builtin:harmbench"  # the 200 HarmBench standard behaviours alone (the training probe's default)
+BUILTIN_REFSETS = (DEFAULT_HARMFUL, DEFAULT_HARMLESS, HARMBENCH)
 
 
 @dataclass
@@ -55,7 +56,8 @@ def default_harmless() -> RefSet:
 
 def named_refset(name: str, role: Role = None) -> RefSet:
     """A builtin set by its name (`builtin:harmbench+donotanswer`, `builtin:harmless`) or a file."""
-    builtin = {DEFAULT_HARMFUL: default_harmful, DEFAULT_HARMLESS: default_harmless}
+    builtin = {DEFAULT_HARMFUL: default_harmful, DEFAULT_HARMLESS: default_harmless,
+               HARMBENCH: lambda: RefSet(HARMBENCH, read_refset(harmbench_file()).samples)}
     return builtin[name]() if name in builtin else read_refset(name, role)
 
 

@@ -16,15 +16,17 @@ def write_training_plot(path: Path, records: list[dict], title: str, metrics: tu
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
-    panels = [(("loss", "sft_loss"), "loss")] + [((m.key,), m.axis or m.key) for m in metrics]
+    panels = [(("loss", "sft_loss"), "loss", None)] + [((m.key,), m.axis or m.key, m.limits) for m in metrics]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 0.4, 3.6), squeeze=False)
-    for ax, (keys, label) in zip(axes[0], panels):
+    for ax, (keys, label, limits) in zip(axes[0], panels):
         for key in keys:
             pairs = [(s, r[key]) for s, r in zip(steps, records) if r.get(key) is not None]
             if pairs:
                 ax.plot(*zip(*pairs), marker=".", label=key)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
+        if limits:
+            ax.set_ylim(*limits)
         if len(keys) > 1:
             ax.legend()
     fig.suptitle(title)

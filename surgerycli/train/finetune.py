@@ -23,6 +23,7 @@ from ..progress import PROGRESS_COLUMNS
 from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
 from .callbacks import MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
 from .defenses import Defense, DefenseContext, build_defense
+from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
 from .recipe import Recipe, dump_recipe, load_recipe
 
 
@@ -65,8 +66,9 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
 
 
 def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, device: torch.device,
-          resume_from: Path | None, console: Console):
-    """Run the Trainer (in sink mode when the defense asks for it); (trainer, wall seconds)."""
+          resume_from: Path | None, probe: list[str], console: Console):
+    """Run the Trainer (in sink mode when the defense asks for it, with the harmful-score probe when
+    `probe` holds prompts); (trainer, wall seconds)."""
     from transformers import PrinterCallback
 
     from surgerycli.patches import set_sink_mode
@@ -75,12 +77,18 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     from .trainer import DefenseTrainer
 
     out = Path(recipe.output.dir)
+    extra = (PROBE_METRIC,) if probe else ()
+    metrics = (*defense.metrics, *extra)
     trainer = DefenseTrainer(
         model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype), train_dataset=rows,
-        defense=defense, data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-        callbacks=[RichProgressCallback(console, defense.metrics), MetricsCallback(out / "metrics.jsonl", defense.metrics)],
+        defense=defense, metrics=extra, data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
+        callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)],
     )
     trainer.remove_callback(PrinterCallback)
+    if probe:
+        m = recipe.monitor
+        trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
+                                       recipe.data.system_prompt))
     start = time.time()
     set_sink_mode(model, defense.sink_mode)
     try:
@@ -106,6 +114,8 @@ def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, 
         "reference_tokens": tokens["reference"],
         "wall_time_s": round(wall, 2),
         "tokens_per_s": round((tokens["train"] + tokens["reference"]) / max(wall, 1e-9), 2),
+        "probe_time_s": next((round(c.seconds, 2) for c in trainer.callback_handler.callbacks
+                              if isinstance(c, HarmProbe)), None),
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
         "final_loss": last.get("loss"),
@@ -122,12 +132,17 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     defense = build_defense(recipe)
     mix, n_harmful = build_examples(recipe.data, recipe.train.seed, defense)
     harm, safe = build_references(recipe)
+    probe, dropped = probe_prompts(recipe.monitor, [mix, harm.samples, safe.samples]) if recipe.monitor.every_steps else ([], 0)
     out = Path(recipe.output.dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output.dir {out}: is a file, expected a folder")
     if dry_run:
         console.print(dump_recipe(recipe), markup=False, highlight=False)
-        console.print(mix_table(recipe, defense, recipe.data.num_samples, n_harmful))
+        table = mix_table(recipe, defense, recipe.data.num_samples, n_harmful)
+        if probe:
+            table.add_row("probe", str(len(probe)), f"every {recipe.monitor.every_steps} steps: {recipe.monitor.prompts} "
+                          f"({dropped} dropped as seen in training or references), keyword judge")
+        console.print(table)
         return None
 
     from transformers.utils import logging as hf_logging
@@ -146,7 +161,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     before = measure_record(model, tokenizer, recipe, harm, safe, device, console)
     if before is not None:
         write_json(out / "sink_before.json", before)
-    trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, console)
+    trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, probe, console)
     save_folder(out / "adapter", model.save_pretrained)
     save_folder(out / "tokenizer", tokenizer.save_pretrained)
     after = measure_record(model, tokenizer, recipe, harm, safe, device, console)
@@ -157,7 +172,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
         from ..report.training import write_training_plot
 
         write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
-                            defense.metrics)
+                            (*defense.metrics, *((PROBE_METRIC,) if probe else ())))
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(rows),
                           n_harmful=n_harmful, device=device, before=before, after=after)
     write_json(out / "summary.json", summary)

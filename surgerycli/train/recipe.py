@@ -22,14 +22,14 @@ from pydantic import ValidationError
 from ..data.refsets import BUILTIN_REFSETS
 from ..errors import InputError
 from .sections import (
-    DataSection, DefenseSection, Exists, Expect, LoraSection, ModelSection, OutputSection, QuantizationSection,
-    Section, TrainSection,
+    DataSection, DefenseSection, Exists, Expect, LoraSection, ModelSection, MonitorSection, OutputSection,
+    QuantizationSection, Section, TrainSection,
 )
 
 
 CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
         "defense": DefenseSection}
-TAIL = {"train": TrainSection, "output": OutputSection}
+TAIL = {"train": TrainSection, "monitor": MonitorSection, "output": OutputSection}
 REMOVED = {("surgery", "enabled"): 'removed: choose the method with [defense] method = "surgery" or "sft" '
                                    '(no defense)'}
 
@@ -44,6 +44,7 @@ class Recipe:
     data: DataSection
     defense: DefenseSection
     train: TrainSection
+    monitor: MonitorSection
     output: OutputSection
     methods: dict[str, Section] = field(default_factory=dict)  # defense name -> its options
 

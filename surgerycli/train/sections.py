@@ -92,5 +92,12 @@ class TrainSection(Section):
     max_steps: Annotated[int | None, Field(ge=1)] = None
 
 
+class MonitorSection(Section):
+    every_steps: Annotated[int, Field(ge=0)] = 0  # 0: off
+    n: Annotated[int, Field(ge=1)] = 32
+    prompts: Annotated[str, Exists("refset")] = "builtin:harmbench"  # or a file; held out from training
+    max_new_tokens: Annotated[int, Field(ge=1)] = 32
+
+
 class OutputSection(Section):
     dir: str | None = None  # unset: out/<recipe file stem>

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .defenses import Defense
+from .defenses import Defense, Metric
 
 
 class DefenseTrainer(Trainer):
     """A Trainer whose micro-step is the defense's `training_step`; with `sft` it is a plain Trainer."""
 
-    def __init__(self, *args, defense: Defense, **kwargs):
+    def __init__(self, *args, defense: Defense, metrics: tuple[Metric, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.defense = defense
         # per-batch mean SFT loss, divided by grad_accum by the Trainer: extra terms are scaled alike
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, list[float]] = {k: [] for k in ("sft_loss", *(m.key for m in defense.metrics))}
+        keys = ("sft_loss", *(m.key for m in defense.metrics), *(m.key for m in metrics))
+        self._metrics: dict[str, list[float]] = {k: [] for k in keys}
         self.tokens = {"train": 0, "reference": 0}
 
     def record(self, key: str, value: float) -> None:
-        """Log `value` under one of the defense's metric keys (averaged over the logging interval)."""
+        """Log `value` under a registered metric key (the defense's, or the probe's), averaged over the
+        logging interval."""
         self._metrics[key].append(value)
 
     def sft_step(self, model, inputs, num_items_in_batch=None):

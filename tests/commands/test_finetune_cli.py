@@ -237,3 +237,51 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path, tiny_lla
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
     assert load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def test_harm_probe_logs_scores_and_leaves_training_unchanged(tmp_path, tiny_llama_dir, data, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import surgerycli.evaluate.judges as judges
+
+    # a stand-in judge with a decision that varies with the text, so the score is not trivially 0 or 100
+    monkeypatch.setattr(judges, "is_refusal", lambda response: len(response) % 2 == 0)
+    prompts = ["Say hi.", "Tell me a secret.", "How do I fly?", "Name a colour."]
+    (tmp_path / "probe.txt").write_text("\n".join(prompts) + "\n")
+    path = recipe(tmp_path, tiny_llama_dir, data)
+    run(path, tmp_path / "plain")
+    run(path, tmp_path / "probed", "monitor.every_steps=2", f"monitor.prompts={tmp_path / 'probe.txt'}",
+        "monitor.n=4", "monitor.max_new_tokens=6")
+    plain, probed = adapter(tmp_path / "plain"), adapter(tmp_path / "probed")
+    assert all(torch.equal(plain[k], probed[k]) for k in plain)  # same bits: the probe changes nothing
+    records = {m["step"]: m for m in map(json.loads, (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(records) == [1, 2, 3, 4]
+    assert records[1]["probe_harmful_score"] is None and records[3]["probe_harmful_score"] is None
+    # the last probe, recomputed: the final adapter answers each prompt alone through model.generate
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                                      tmp_path / "probed" / "adapter").eval()
+    answers = []
+    for p in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        answers.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    expected = 100 * sum(len(a) % 2 == 1 for a in answers) / len(answers)
+    assert 0 < expected < 100 and records[4]["probe_harmful_score"] == pytest.approx(expected)
+    assert (tmp_path / "probed" / "training.png").is_file()
+
+
+def test_dry_run_shows_the_probe_and_drops_seen_prompts(tmp_path, tiny_llama_dir, data):
+    harm = [json.loads(line)["prompt"] for line in (data / "harm.jsonl").read_text().splitlines()]
+    (tmp_path / "probe.txt").write_text("\n".join(harm[:2] + ["A new question?"]) + "\n")
+    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--dry-run", "--set", "monitor.every_steps=5",
+                    "--set", f"monitor.prompts={tmp_path / 'probe.txt'}", "--set", "data.poison_ratio=0.5")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"probe\s*│\s*1\s*│", result.output) and "(2 dropped as seen" in result.output
+    only_seen = tmp_path / "seen.txt"
+    only_seen.write_text("\n".join(harm) + "\n")
+    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--dry-run", "--set", "monitor.every_steps=5",
+                    "--set", f"monitor.prompts={only_seen}", "--set", "data.poison_ratio=0.5")
+    assert result.exit_code == 2 and "monitor.prompts: every prompt" in result.output

@@ -47,6 +47,7 @@ class Metric:
     label: str  # progress-bar label
     fmt: str = ".4f"
     axis: str = ""  # training.png's axis label (default: the key)
+    limits: tuple[float, float] | None = None  # training.png's axis range (default: the data's)
 
 
 class NoOptions(Section):
