@@ -14,17 +14,21 @@ import torch
 
 from ..errors import InputError
 from .chat import Messages, render, row_messages
-from .rows import read_rows
+from .rows import Role, read_rows
 
 IGNORE = -100  # label of tokens left out of the loss
 
 
-def read_examples(path: str | Path, fmt: str = "auto", harmful: bool = False) -> list[Messages]:
-    """Training chats from a .jsonl/.json file; an InputError names the file, line and what was expected."""
-    rows = read_rows(path, (".jsonl", ".json"), role="harmful" if harmful else None)
+def read_examples(path: str | Path, fmt: str = "auto", harmful: bool = False, role: Role = None) -> list[Messages]:
+    """Training chats from a .jsonl/.json file; an InputError names the file, line and what was expected.
+
+    `harmful` (or `role`) reads the file as a harmful or a harmless set under the `data.rows` is_safe policy.
+    """
+    role = "harmful" if harmful else role
+    rows = read_rows(path, (".jsonl", ".json"), role=role)
     examples = [row_messages(r, fmt) for r in rows]
     if not examples:
-        raise InputError(f"{Path(path)}: no {'harmful ' if harmful else ''}examples in the file")
+        raise InputError(f"{Path(path)}: no {role + ' ' if role else ''}examples in the file")
     return examples
 
 

@@ -74,7 +74,7 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     from surgerycli.patches import set_sink_mode
 
     from ..data.finetune import pad_batch
-    from .trainer import DefenseTrainer
+    from .trainer import DEFENSE_STATE, DefenseTrainer
 
     out = Path(recipe.output.dir)
     extra = (PROBE_METRIC,) if probe else ()
@@ -89,6 +89,8 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
                                        recipe.data.system_prompt))
+    if resume_from is not None and (resume_from / DEFENSE_STATE).is_file():
+        defense.load_state_dict(torch.load(resume_from / DEFENSE_STATE, weights_only=False))
     start = time.time()
     set_sink_mode(model, defense.sink_mode)
     try:
@@ -154,7 +156,9 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     with console.status(f"loading {recipe.model.name}"):
         model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
     rows = build_dataset(tokenizer, mix, recipe.data.system_prompt, recipe.train.max_length)
-    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe))
+    max_length, system = recipe.train.max_length, recipe.data.system_prompt
+    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe,
+                                 encode=lambda chats: build_dataset(tokenizer, chats, system, max_length)))
     resume_from = prepare_output(out, resume)
     atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
 

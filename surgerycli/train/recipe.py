@@ -19,6 +19,7 @@ from typing import Literal
 import annotated_types as at
 from pydantic import ValidationError
 
+from ..data.pairs import BUILTIN_PAIRS
 from ..data.refsets import BUILTIN_REFSETS
 from ..errors import InputError
 from .sections import (
@@ -115,6 +116,8 @@ def _exists(kind: str, value: str) -> str | None:
         return "no such file"
     if kind == "refset" and value not in BUILTIN_REFSETS and not Path(value).expanduser().is_file():
         return f"no such file (or use {' / '.join(map(_show, BUILTIN_REFSETS))})"
+    if kind == "pairs" and value not in BUILTIN_PAIRS and not Path(value).expanduser().is_file():
+        return f"no such file (or use {' / '.join(map(_show, BUILTIN_PAIRS))})"
     if kind == "model":
         from ..models import resolve
 
@@ -213,7 +216,7 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
 
 
 def _absolute(value: str | None) -> str | None:
-    if value and value not in BUILTIN_REFSETS and Path(value).expanduser().exists():
+    if value and value not in (*BUILTIN_REFSETS, *BUILTIN_PAIRS) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().resolve())
     return value
 
@@ -232,7 +235,7 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
         s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
     for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
         paths = {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
-                 if any(isinstance(m, Exists) and m.kind in ("file", "refset") for m in info.metadata)}
+                 if any(isinstance(m, Exists) and m.kind in ("file", "refset", "pairs") for m in info.metadata)}
         if paths:
             s[name] = section.model_copy(update=paths)
 

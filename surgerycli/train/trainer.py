@@ -11,6 +11,8 @@ from transformers import Trainer
 
 from .defenses import Defense, Metric
 
+DEFENSE_STATE = "defense_state.pt"  # a checkpoint's file for Defense.state_dict()
+
 
 class DefenseTrainer(Trainer):
     """A Trainer whose micro-step is the defense's `training_step`; with `sft` it is a plain Trainer."""
@@ -23,6 +25,8 @@ class DefenseTrainer(Trainer):
         keys = ("sft_loss", *(m.key for m in defense.metrics), *(m.key for m in metrics))
         self._metrics: dict[str, list[float]] = {k: [] for k in keys}
         self.tokens = {"train": 0, "reference": 0}
+        self.micro_index = -1  # position of the current micro-batch within its optimizer step
+        self._micro_step = -1
 
     def record(self, key: str, value: float) -> None:
         """Log `value` under a registered metric key (the defense's, or the probe's), averaged over the
@@ -34,7 +38,28 @@ class DefenseTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._micro_step != self.state.global_step:
+            self._micro_step, self.micro_index = self.state.global_step, 0
+        else:
+            self.micro_index += 1
+        # train mode before any pass a defense runs ahead of the Trainer's own step (which sets it too):
+        # the first step of a run, or of a resume, follows the eval-mode sink measurement
+        model.train()
         return self.defense.training_step(self, model, inputs, num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial):
+        # the defense's own state beside the weights, before trainer_state.json marks the checkpoint whole
+        import os
+
+        import torch
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        state = self.defense.state_dict()
+        if state:
+            folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            torch.save(state, os.path.join(folder, DEFENSE_STATE))
+        super()._save_checkpoint(model, trial)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs)

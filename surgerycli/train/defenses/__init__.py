@@ -17,12 +17,17 @@ The hooks, each optional (the defaults are plain SFT):
                              with a perturbation from the first: Vaccine, Booster). Extra values are
                              logged with `trainer.record(key, value)` under the keys in `metrics`.
   sink_mode                  True when training runs with the sink patch on (Surgery)
+  state_dict() / load_state_dict(state)
+                             what a resume needs beyond the weights and the optimizer (Lisa's anchors);
+                             saved in every checkpoint as defense_state.pt
+Draws of a defense's own batches are seeded by step (`draw_batch`), so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
 
 import importlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from ...data.refsets import RefSet
     from ..recipe import Recipe
 
-BUILTIN = ("sft", "surgery")  # modules of this package, each registering the defense of its name; listing order
+BUILTIN = ("sft", "surgery", "safeinstr", "lisa", "vaccine", "booster")  # modules here, each registering its name
 _REGISTRY: dict[str, type[Defense]] = {}
 
 
@@ -56,13 +61,29 @@ class NoOptions(Section):
 
 @dataclass
 class DefenseContext:
-    """What `Defense.setup` may use: the loaded model and tokenizer, the recipe, the reference sets."""
+    """What `Defense.setup` may use: the loaded model and tokenizer, the recipe, the reference sets, and
+    `encode`: chats -> tokenized training rows, exactly as the fine-tuning mix is tokenized."""
 
     model: torch.nn.Module
     tokenizer: object
     recipe: Recipe
     harmful_reference: RefSet
     harmless_reference: RefSet
+    encode: Callable[[list[Messages]], list[dict]] = lambda chats: []
+
+
+def draw_batch(rows: list[dict], k: int, draw: int, seed: int, pad_id: int) -> dict:
+    """`k` rows drawn without replacement for micro-step `draw`, padded into a batch; the same rows for the
+    same (seed, draw), so a resumed run trains on what an uninterrupted one would."""
+    from ...data.finetune import pad_batch
+
+    rng = random.Random(seed * 1_000_003 + draw)
+    return pad_batch(rng.sample(rows, min(k, len(rows))), pad_id)
+
+
+def micro_step(trainer) -> int:
+    """The index of the current micro-batch over the whole run (optimizer step x accumulation + position)."""
+    return trainer.state.global_step * trainer.args.gradient_accumulation_steps + trainer.micro_index
 
 
 class Defense:
@@ -98,6 +119,12 @@ class Defense:
 
     def training_step(self, trainer, model, inputs, num_items_in_batch=None):
         return trainer.sft_step(model, inputs, num_items_in_batch)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:

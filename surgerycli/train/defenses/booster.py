@@ -1,0 +1,87 @@
+"""`[defense] method = "booster"`: Booster, harmful-perturbation attenuation (an alignment-stage defense).
+
+Paper: Huang et al., "Booster: Tackling Harmful Fine-tuning for Large Language Models via Attenuating
+Harmful Perturbation", ICLR 2025; authors' code: github.com/git-disl/Booster (`BoosterAlignmentTrainer`).
+The alignment loss f gets a regularizer lambda * (h(w) - h(w - alpha * grad h(w) / ||grad h(w)||)), with
+h the loss on harmful (prompt, harmful answer) pairs: how much one normalized harmful step would lower
+the harmful loss. Minimizing it makes the aligned model a poor starting point for a harmful fine-tune.
+As in the authors' code the step direction is a constant (no gradient through it), so the update is
+
+    grad f(w) + lambda * (grad h(w) - grad h(w'))        w' = w - alpha * grad h(w) / (||grad h(w)|| + 1e-7)
+
+with one harmful batch per step. Defaults from the authors' script/alignment/smooth_align.sh: lambda 5,
+alpha 0.1; their harmful data is BeaverTails' unsafe rows, ours by default the built-in Do-Not-Answer
+prompts with templated affirmative openings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from pydantic import Field
+
+from ...data.pairs import HARMFUL_SET, named_pairs
+from ..sections import Exists, Section
+from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
+
+
+class BoosterOptions(Section):
+    harmful_data: Annotated[str, Exists("pairs")] = HARMFUL_SET
+    lamb: Annotated[float, Field(ge=0)] = 5.0  # [paper] lamb=5
+    alpha: Annotated[float, Field(ge=0)] = 0.1  # [paper] alpha=0.1
+
+
+def booster_grads(model, harmful: dict, alpha: float) -> tuple[dict[str, torch.Tensor], float, float]:
+    """({name: grad h(w) - grad h(w')}, h(w), h(w')) over the trainable weights; the weights end unchanged."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    h = model(**harmful, use_cache=False).loss
+    g = dict(zip(params, torch.autograd.grad(h, list(params.values()))))
+    norm = torch.norm(torch.stack([x.float().norm() for x in g.values()])) + 1e-7
+    original = {n: p.detach().clone() for n, p in params.items()}  # restored exactly, not by adding back
+    with torch.no_grad():
+        for n, p in params.items():
+            p.sub_((alpha * g[n].float() / norm).to(p.dtype))
+    try:
+        h_after = model(**harmful, use_cache=False).loss
+        g_after = dict(zip(params, torch.autograd.grad(h_after, list(params.values()))))
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(original[n])
+    return {n: g[n] - g_after[n] for n in params}, float(h.detach()), float(h_after.detach())
+
+
+@register_defense
+class Booster(Defense):
+    name = "booster"
+    title = "Booster"
+    stage = "align"
+    options_class = BoosterOptions
+    metrics = (Metric("harmful_loss", "h", ".4f", "harmful loss h(w)"),
+               Metric("harmful_drop", "h-h'", ".5f", "h(w) - h(w'): one harmful step's drop"))
+
+    def plan(self) -> list[tuple[str, str, str]]:
+        o = self.options
+        return [("harmful / step", str(self.recipe.train.batch_size),
+                 f"Booster lambda {o.lamb:g}, alpha {o.alpha:g}: {o.harmful_data}")]
+
+    def setup(self, ctx: DefenseContext) -> None:
+        self.rows = ctx.encode(named_pairs(self.options.harmful_data, "booster.harmful_data", "harmful"))
+        self.pad_id = ctx.tokenizer.pad_token_id
+
+    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
+        harmful = draw_batch(self.rows, trainer.args.per_device_train_batch_size, micro_step(trainer),
+                             self.recipe.train.seed, self.pad_id)
+        harmful = trainer._prepare_inputs(harmful)
+        with trainer.compute_loss_context_manager():
+            diff, h, h_after = booster_grads(model, harmful, self.options.alpha)
+        loss = trainer.sft_step(model, inputs, num_items_in_batch)  # grad f, scaled for accumulation
+        scale = self.options.lamb / trainer.current_gradient_accumulation_steps
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in diff:
+                    p.grad = p.grad + (scale * diff[name]).to(p.grad.dtype)
+        trainer.record("harmful_loss", h)
+        trainer.record("harmful_drop", h - h_after)
+        return loss
