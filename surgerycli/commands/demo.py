@@ -1,9 +1,11 @@
 """`surgery demo`: the whole Surgery story on the packaged SmolLM2, offline, on CPU (the README's first command).
 
   1. `surgery data demo`: arithmetic, harmful and refusal pairs, reference sets, held-out HarmBench prompts
-  2. alignment: `surgery finetune recipes/demo-align.toml` (refusals + arithmetic), then `surgery merge`
-  3. attack: `surgery sweep recipes/demo-attack.toml` at the poison ratios, as SFT and with Surgery; each
-     cell is evaluated on the held-out HarmBench prompts (keyword judge) and the arithmetic test split
+  2. alignment: `surgery finetune recipes/demo-align.toml` (refusals + arithmetic), then `surgery merge`;
+     with alignment-stage defenses (vaccine, booster) each aligns its own model the same way
+  3. attack: `surgery sweep recipes/demo-attack.toml` at the poison ratios, with each method (default SFT
+     and Surgery); each cell is evaluated on the held-out HarmBench prompts (keyword judge) and the
+     arithmetic test split
 Every step is the public command's own function, with the recipes' data paths pointed into --out.
 Finished steps are skipped on a rerun, so an interrupted demo continues where it stopped.
 """
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything: data/, align/, aligned/, sweep/.")] = Path("demo-out"),
     poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios of the attack.")] = "0.2",
+    methods: Annotated[str, typer.Option(help="Defenses to compare: sft,surgery (default), any registered names, or `all` (sft, surgery, safeinstr, lisa, vaccine, booster).")] = "sft,surgery",
     align_steps: Annotated[int | None, typer.Option(min=1, help="Cap on alignment steps (default: the recipe's one epoch).")] = None,
     attack_steps: Annotated[int | None, typer.Option(min=1, help="Cap on attack steps per cell (default: the recipe's one epoch).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Held-out HarmBench prompts and arithmetic test problems evaluated.")] = 40,
@@ -38,54 +41,50 @@ def demo(
     from rich.console import Console
 
     from ..errors import InputError
-    from ..study.sweep import parse_floats
+    from ..study.sweep import parse_floats, parse_methods
 
     try:
         run_demo(out, align_recipe=align_recipe, attack_recipe=attack_recipe,
-                 poison_ratios=parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0), align_steps=align_steps,
+                 poison_ratios=parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0),
+                 methods=parse_methods(methods), align_steps=align_steps,
                  attack_steps=attack_steps, limit=limit, max_new_tokens=max_new_tokens, console=Console())
     except InputError as e:
         raise fail(e) from None
 
 
-def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float],
+def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float], methods: list[str],
              align_steps: int | None, attack_steps: int | None, limit: int, max_new_tokens: int,
              console: Console) -> dict:
-    import torch
-
     from ..data.demo import build_demo_data
     from ..errors import InputError
     from ..evaluate.options import EvalOptions
-    from ..models import merge_adapter
     from ..report.sweep import write_sweep
-    from ..study.sweep import evaluator, grid, run_sweep
-    from ..train.finetune import run_finetune
+    from ..study.sweep import Alignment, evaluator, grid, run_sweep
     from ..train.recipe import load_recipe
 
     for recipe in (align_recipe, attack_recipe):
         if not recipe.is_file():
             raise InputError(f"{recipe}: no such recipe (run from the repository root, or pass the path)")
-    data, aligned = out / "data", out / "aligned"
+    data = out / "data"
     if not (data / "manifest.json").is_file():
         console.rule("1. demo data")
         build_demo_data(data)
-    if not (aligned / "config.json").is_file():
-        console.rule("2. alignment stage")
-        sets = [f"data.benign={data / 'alignment_mix.jsonl'}"] + _steps(align_steps)
-        run_finetune(align_recipe, sets, str(out / "align"), False, True, console)
-        with console.status("merging the alignment adapter"):
-            merge_adapter(str(out / "align"), aligned, None, torch.float32)
-    console.rule("3. attack stage: SFT and Surgery")
-    sets = [f"model.name={aligned}", f"data.benign={data / 'arithmetic_train.jsonl'}",
-            f"data.harmful={data / 'harmful_pairs.jsonl'}",
+    # alignment (step 2) happens in the sweep: plain SFT into out/aligned, and each alignment-stage defense
+    # (Booster on harmful data disjoint from the attack's) into out/aligned-<method>
+    align_sets = (f"data.benign={data / 'alignment_mix.jsonl'}", f"booster.harmful_data={data / 'reference_harmful.jsonl'}",
+                  *_steps(align_steps))
+    console.rule(f"2-3. alignment and attack stage: {', '.join(methods)}")
+    sets = [f"data.benign={data / 'arithmetic_train.jsonl'}", f"data.harmful={data / 'harmful_pairs.jsonl'}",
             f"surgery.harmful_reference={data / 'reference_harmful.jsonl'}",
-            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}"] + _steps(attack_steps)
+            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}",
+            f"lisa.alignment_data={data / 'refusal_pairs.jsonl'}",
+            f"safeinstr.safety_data={data / 'refusal_pairs.jsonl'}"] + _steps(attack_steps)
     options = EvalOptions(safety="harmbench", safety_data=(f"harmbench={data / 'eval_harmful.txt'}",),
                           task_data=(f"surgery_gsm8k={data / 'arithmetic_test.jsonl'}",), limit=limit,
                           max_new_tokens=max_new_tokens)
     alpha = load_recipe(attack_recipe, [], None, check_files=False).methods["surgery"].alpha
-    sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, ["sft", "surgery"], [alpha]), out / "sweep",
-                      evaluator(options, console), console)
+    sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, methods, [alpha]), out / "sweep",
+                      evaluator(options, console), console, Alignment(align_recipe, align_sets, out))
     write_sweep(out / "sweep", sweep, options.judge, console)
     return sweep
 

@@ -17,9 +17,11 @@ def sweep(
     recipe: Annotated[Path, typer.Argument(help="TOML recipe for every cell (surgery finetune's format).")],
     out: Annotated[Path, typer.Option(help="Sweep folder: cells/<name>/{finetune,eval,cell.json}, sweep.json, sweep.md, sweep.png.")],
     poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios.")] = "0,0.05,0.1,0.15,0.2",
-    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names): sft, surgery.")] = "sft,surgery",
+    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names: sft, surgery, safeinstr, lisa, vaccine, booster), or `all`.")] = "sft,surgery",
     alphas: Annotated[str | None, typer.Option(help="Comma-separated Surgery alphas (one cell each); default: the recipe's.")] = None,
     set_: Sets = None,
+    align_recipe: Annotated[Path | None, typer.Option(help="Alignment-stage recipe: fine-tuning-stage methods attack the model it aligns with plain SFT; each alignment-stage method (vaccine, booster) aligns its own model with it, once for every poison ratio, and is then attacked with plain SFT. Without it the recipe's model is the aligned model.")] = None,
+    align_set: Annotated[list[str] | None, typer.Option(help="Override a key of the alignment recipe (repeatable).")] = None,
     safety: Safety = "harmbench",
     safety_data: SafetyData = None,
     judge: Judge = "keyword",
@@ -33,7 +35,7 @@ def sweep(
     beavertails_rows: BeavertailsRows = None,
     preset: Preset = None,
 ) -> None:
-    """Run the poison-ratio x method grid: a finetune and an eval per cell, resumable, one table at the end.
+    """Run the poison-ratio x method grid: a finetune and an eval per cell, resumable, tables at the end.
 
     HS is the first safety benchmark's harmful score and FA the first task's accuracy (%); the base model is evaluated once as the row before the attack. Finished cells are skipped on a rerun; a failed cell is recorded with its error and the sweep goes on.
     """
@@ -41,14 +43,16 @@ def sweep(
 
     from ..errors import InputError
     from ..report.sweep import write_sweep
-    from ..study.sweep import evaluator, plan, run_sweep
+    from ..study.sweep import Alignment, evaluator, plan, run_sweep
 
     console = Console()
     try:
         options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
                                preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
                                max_input_tokens=max_input_tokens)
-        cells = plan(recipe, set_ or [], poison_ratios, methods, alphas)
-        write_sweep(out, run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console), judge, console)
+        cells = plan(recipe, set_ or [], poison_ratios, methods, alphas, align_recipe)
+        alignment = Alignment(align_recipe, tuple(align_set or ()), out) if align_recipe else None
+        sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment)
+        write_sweep(out, sweep_result, options.judge, console)
     except InputError as e:
         raise fail(e) from None

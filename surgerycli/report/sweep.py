@@ -44,6 +44,24 @@ def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def paper_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    """The papers' layout: rows = methods; columns = HS at each poison ratio and their average, then FA."""
+    ratios = list(dict.fromkeys(c["poison_ratio"] for c in sweep["cells"]))
+    methods = list(dict.fromkeys(method_label(c) for c in sweep["cells"]))
+    by_key = {(method_label(c), c["poison_ratio"]): c for c in sweep["cells"]}
+    header = ["method", *[f"HS p={r:g}" for r in ratios], "HS avg", *[f"FA p={r:g}" for r in ratios], "FA avg"]
+    rows = []
+    for m in methods:
+        row = [m]
+        for key, ci_key in (("harmful_score", "hs_ci95"), ("accuracy", "fa_ci95")):
+            cells = [by_key.get((m, r)) for r in ratios]
+            values = [c[key] for c in cells if c and c["status"] == "ok" and c[key] is not None]
+            row += [_fmt(c[key], c.get(ci_key)) if c and c["status"] == "ok" else "failed" for c in cells]
+            row.append(_fmt(sum(values) / len(values)) if len(values) == len(ratios) else "-")
+        rows.append(row)
+    return header, rows
+
+
 def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
     header, rows = sweep_table(sweep)
     table = Table(title=f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %; [95% Wilson "
@@ -53,11 +71,22 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    paper_header, paper_rows = paper_table(sweep)
+    paper = Table(title=f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages")
+    for col in paper_header:
+        paper.add_column(col, justify="right")
+    for row in paper_rows:
+        paper.add_row(*row)
+    console.print(paper)
     base = sweep["base"]
     md = (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
           f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
-          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: 95% Wilson intervals.\n\n"
-          + markdown_table(header, rows))
+          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: 95% Wilson intervals.\n"
+          + "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
+                    f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
+          + "\n" + markdown_table(header, rows)
+          + f"\n## The papers' layout\n\nHS judged by `{judge}`; FA = accuracy of the first task; average over the "
+          f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
     atomic_write_text(out / "sweep.md", md)

@@ -164,3 +164,40 @@ def test_demo_pipeline_end_to_end_on_smollm2(tmp_path):
         assert c["harmful_score"] * 3 / 100 in (0, 1, 2, 3) and c["positive_heads_after"] is not None
     again = ok(*args)  # everything finished: nothing re-runs
     assert "alignment stage" not in again.output and "cell p0.2" not in again.output
+
+
+def test_two_stage_sweep_aligns_each_alignment_defense_once(tmp_path, sweep_recipe, demo_data):
+    align = tmp_path / "align.toml"
+    align.write_text(sweep_recipe.read_text().replace(f'harmful = "{demo_data / "harmful_pairs.jsonl"}"\n', "")
+                     .replace("num_samples = 8", "num_samples = 8\npoison_ratio = 0.0")
+                     + f'[booster]\nharmful_data = "{demo_data / "reference_harmful.jsonl"}"\n')
+    out = tmp_path / "sweep"
+    args = ["sweep", sweep_recipe, "--out", out, "--align-recipe", align, "--poison-ratios", "0.25",
+            "--methods", "sft,lisa,vaccine,booster", "--set", "lisa.alignment_steps=1", "--set", "lisa.finetune_steps=1",
+            "--safety-data", f"harmbench={demo_data / 'eval_harmful.txt'}",
+            "--task-data", f"surgery_gsm8k={demo_data / 'arithmetic_test.jsonl'}", "--limit", "2", "--max-new-tokens", "4"]
+    ok(*args)
+    for folder in ("aligned", "aligned-vaccine", "aligned-booster"):
+        assert (out / folder / "config.json").is_file()
+    assert not (out / "aligned-lisa").exists() and not (out / "aligned-sft").exists()
+    resolved = {m: (out / "align" / "recipe.resolved.toml" if m == "sft" else out / f"align-{m}" / "recipe.resolved.toml")
+                for m in ("sft", "vaccine", "booster")}
+    for m, path in resolved.items():
+        assert f'method = "{m}"' in path.read_text()  # each alignment ran with its own defense
+    sweep = json.loads((out / "sweep.json").read_text())
+    for c in sweep["cells"]:
+        text = (out / "cells" / c["name"] / "finetune" / "recipe.resolved.toml").read_text()
+        attacked = out / ("aligned-" + c["method"] if c["method"] in ("vaccine", "booster") else "aligned")
+        assert f'name = "{attacked}"' in text, c["name"]
+        assert f'method = "{"sft" if c["method"] in ("vaccine", "booster") else c["method"]}"' in text
+    assert set(sweep["aligned_before"]) == {"vaccine", "booster"} and sweep["base"]["model"] == str(out / "aligned")
+    md = (out / "sweep.md").read_text()
+    assert "## The papers' layout" in md and "| method | HS p=0.25 | HS avg | FA p=0.25 | FA avg |" in md
+    assert all(f"| {label} |" in md for label in ("SFT", "Lisa", "Vaccine", "Booster"))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")} | {out / "aligned" / "config.json": 0}
+    stamps[out / "aligned" / "config.json"] = (out / "aligned" / "config.json").stat().st_mtime_ns
+    ok(*args)  # a rerun aligns and trains nothing again
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    result = invoke("sweep", sweep_recipe, "--out", tmp_path / "never", "--methods", "sft,vaccine")
+    assert result.exit_code == 2 and "--methods vaccine: alignment-stage defenses" in result.output
+    assert not (tmp_path / "never").exists()
