@@ -71,12 +71,12 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
         build_demo_data(data)
     # alignment (step 2) happens in the sweep: plain SFT into out/aligned, and each alignment-stage defense
     # (Booster on harmful data disjoint from the attack's) into out/aligned-<method>
+    refs = (f"surgery.harmful_reference={data / 'reference_harmful.jsonl'}",
+            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}")  # so the probe keeps HarmBench whole
     align_sets = (f"data.benign={data / 'alignment_mix.jsonl'}", f"booster.harmful_data={data / 'reference_harmful.jsonl'}",
-                  *_steps(align_steps))
+                  *refs, *_steps(align_steps))
     console.rule(f"2-3. alignment and attack stage: {', '.join(methods)}")
-    sets = [f"data.benign={data / 'arithmetic_train.jsonl'}", f"data.harmful={data / 'harmful_pairs.jsonl'}",
-            f"surgery.harmful_reference={data / 'reference_harmful.jsonl'}",
-            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}",
+    sets = [f"data.benign={data / 'arithmetic_train.jsonl'}", f"data.harmful={data / 'harmful_pairs.jsonl'}", *refs,
             f"lisa.alignment_data={data / 'refusal_pairs.jsonl'}",
             f"safeinstr.safety_data={data / 'refusal_pairs.jsonl'}"] + _steps(attack_steps)
     options = EvalOptions(safety="harmbench", safety_data=(f"harmbench={data / 'eval_harmful.txt'}",),
