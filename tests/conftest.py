@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,3 +63,18 @@ def tiny_llama64_dir(tmp_path_factory, tokenizer_dir) -> Path:
     block size, which its CPU kernels need on every CPU (the AVX512-BF16 path reshapes by it)."""
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama64"), tokenizer_dir,
                             hidden_size=64, intermediate_size=128, head_dim=16)
+
+
+@pytest.fixture(scope="session")
+def finetune_data(tmp_path_factory) -> Path:
+    """gsm.jsonl (40 arithmetic problems) and harm.jsonl (10 unsafe BeaverTails-style pairs) for finetune tests."""
+    d = tmp_path_factory.mktemp("ftdata")
+    with (d / "gsm.jsonl").open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"question": f"Tom has {i} apples and buys 3. How many now?",
+                                "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}) + "\n")
+    with (d / "harm.jsonl").open("w") as f:
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Sure, here is bad thing {i}.",
+                                "category": {}, "is_safe": False}) + "\n")
+    return d

@@ -19,6 +19,13 @@ from .finetune import read_examples
 
 REFUSALS_SET, HARMFUL_SET = "builtin:refusals", "builtin:harmful"
 BUILTIN_PAIRS = (REFUSALS_SET, HARMFUL_SET)
+DESCRIPTIONS = {REFUSALS_SET: "built in: Do-Not-Answer prompts with templated refusals",
+                HARMFUL_SET: "built in: Do-Not-Answer prompts with templated affirmative openings"}
+
+
+def describe(name: str) -> str:
+    """A pairs option as the dry run shows it: a file, or what a built-in set is."""
+    return f"{name} ({DESCRIPTIONS[name]}; no HarmBench prompt)" if name in DESCRIPTIONS else name
 
 
 def builtin_pairs(name: str, seed: int = 0) -> list[Messages]:

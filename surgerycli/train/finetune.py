@@ -44,6 +44,11 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
     return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
 
 
+def metrics_of(defense: Defense, probe: list[str]) -> tuple:
+    """What the run logs beyond the losses: the defense's metrics, then the probe's when it runs."""
+    return (*defense.metrics, *((PROBE_METRIC,) if probe else ()))
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -77,11 +82,11 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     from .trainer import DEFENSE_STATE, DefenseTrainer
 
     out = Path(recipe.output.dir)
-    extra = (PROBE_METRIC,) if probe else ()
-    metrics = (*defense.metrics, *extra)
+    metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
         model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype), train_dataset=rows,
-        defense=defense, metrics=extra, data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
+        defense=defense, metrics=metrics[len(defense.metrics):],
+        data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
         callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)],
     )
     trainer.remove_callback(PrinterCallback)
@@ -155,10 +160,12 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with console.status(f"loading {recipe.model.name}"):
         model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
-    rows = build_dataset(tokenizer, mix, recipe.data.system_prompt, recipe.train.max_length)
-    max_length, system = recipe.train.max_length, recipe.data.system_prompt
-    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe,
-                                 encode=lambda chats: build_dataset(tokenizer, chats, system, max_length)))
+
+    def encode(chats):  # the fine-tuning mix and a defense's own data are tokenized alike
+        return build_dataset(tokenizer, chats, recipe.data.system_prompt, recipe.train.max_length)
+
+    rows = encode(mix)
+    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe, encode=encode))
     resume_from = prepare_output(out, resume)
     atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
 
@@ -176,7 +183,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
         from ..report.training import write_training_plot
 
         write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
-                            (*defense.metrics, *((PROBE_METRIC,) if probe else ())))
+                            metrics_of(defense, probe))
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(rows),
                           n_harmful=n_harmful, device=device, before=before, after=after)
     write_json(out / "summary.json", summary)

@@ -21,17 +21,8 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ftdata")
-    with (d / "gsm.jsonl").open("w") as f:
-        for i in range(40):
-            f.write(json.dumps({"question": f"Tom has {i} apples and buys 3. How many now?",
-                                "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}) + "\n")
-    with (d / "harm.jsonl").open("w") as f:
-        for i in range(10):
-            f.write(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Sure, here is bad thing {i}.",
-                                "category": {}, "is_safe": False}) + "\n")
-    return d
+def data(finetune_data) -> Path:
+    return finetune_data
 
 
 def recipe(tmp_path: Path, model: Path | str, data: Path, **extra: str) -> Path:

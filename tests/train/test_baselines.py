@@ -192,17 +192,8 @@ def test_booster_gradient_equals_autograd_of_its_formula():
 # ---- every defense through `surgery finetune` ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("baselines")
-    with (d / "gsm.jsonl").open("w") as f:
-        for i in range(40):
-            f.write(json.dumps({"question": f"Tom has {i} apples and buys 3. How many now?",
-                                "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}) + "\n")
-    with (d / "harm.jsonl").open("w") as f:
-        for i in range(10):
-            f.write(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Sure, bad thing {i}.",
-                                "is_safe": False}) + "\n")
-    return d
+def data(finetune_data) -> Path:
+    return finetune_data
 
 
 def recipe(tmp_path: Path, model: Path, data: Path, method: str) -> Path:

@@ -21,7 +21,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from ...data.pairs import HARMFUL_SET, named_pairs
+from ...data.pairs import HARMFUL_SET, describe, named_pairs
 from ..sections import Exists, Section
 from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
 
@@ -64,7 +64,7 @@ class Booster(Defense):
     def plan(self) -> list[tuple[str, str, str]]:
         o = self.options
         return [("harmful / step", str(self.recipe.train.batch_size),
-                 f"Booster lambda {o.lamb:g}, alpha {o.alpha:g}: {o.harmful_data}")]
+                 f"Booster lambda {o.lamb:g}, alpha {o.alpha:g}: {describe(o.harmful_data)}")]
 
     def setup(self, ctx: DefenseContext) -> None:
         self.rows = ctx.encode(named_pairs(self.options.harmful_data, "booster.harmful_data", "harmful"))

@@ -23,7 +23,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from ...data.pairs import REFUSALS_SET, named_pairs
+from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ..sections import Exists, Section
 from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
 
@@ -71,7 +71,7 @@ class Lisa(Defense):
     def plan(self) -> list[tuple[str, str, str]]:
         o = self.options
         return [("alignment / cycle", f"{o.alignment_steps} + {o.finetune_steps} steps",
-                 f"Lisa rho {o.rho:g}: {o.alignment_data}, then the user's data")]
+                 f"Lisa rho {o.rho:g}: {describe(o.alignment_data)}, then the user's data")]
 
     def setup(self, ctx: DefenseContext) -> None:
         self.rows = ctx.encode(named_pairs(self.options.alignment_data, "lisa.alignment_data", "harmless"))

@@ -19,7 +19,7 @@ from typing import Annotated
 from pydantic import Field
 
 from ...data.chat import Messages
-from ...data.pairs import REFUSALS_SET, named_pairs
+from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ...errors import InputError
 from ..sections import Exists, Section
 from . import Defense, register_defense
@@ -42,7 +42,7 @@ class SafeInstr(Defense):
         return self.options.num if self.options.num is not None else round(SHARE * self.recipe.data.num_samples)
 
     def plan(self) -> list[tuple[str, str, str]]:
-        return [("safety samples", str(self.count()), f"SafeInstr: {self.options.safety_data}, mixed in")]
+        return [("safety samples", str(self.count()), f"SafeInstr: {describe(self.options.safety_data)}, mixed in")]
 
     def mix(self, examples: list[Messages], rng: random.Random) -> list[Messages]:
         pool = named_pairs(self.options.safety_data, "safeinstr.safety_data", "harmless")
