@@ -36,7 +36,7 @@ def demo(
 ) -> None:
     """The whole story on the packaged SmolLM2, offline, on CPU: demo data, alignment (finetune + merge), then the harmful fine-tuning attack as SFT and with Surgery, each evaluated for harmful score and accuracy.
 
-    Reruns skip finished steps. The table at the end is sweep/sweep.md; each cell's outputs are in sweep/cells/.
+    Reruns skip finished steps. The table at the end is sweep/sweep.md (plots: sweep/sweep.png, and sweep/heads.png, the per-head sink divergence before and after each attack); each cell's outputs are in sweep/cells/.
     """
     from rich.console import Console
 
@@ -86,7 +86,28 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
     sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, methods, [alpha]), out / "sweep",
                       evaluator(options, console), console, Alignment(align_recipe, align_sets, out))
     write_sweep(out / "sweep", sweep, options.judge, console)
+    write_demo_heads(out / "sweep", sweep)
     return sweep
+
+
+def write_demo_heads(folder: Path, sweep: dict) -> None:
+    """heads.png: the divergence map of the SFT-aligned model before the attack, then after each
+    fine-tuning-stage method's attack at the first poison ratio, on one colour scale."""
+    import json
+
+    from ..report.inspect import write_head_maps
+    from ..report.sweep import method_label
+    from ..study.sweep import stage
+
+    first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
+    cells = [c for c in sweep["cells"] if c["poison_ratio"] == first and c["status"] == "ok"
+             and stage(c["method"]) != "align" and (folder / "cells" / c["name"] / "finetune" / "sink_after.json").is_file()]
+    if not cells:
+        return
+    read = lambda c, f: json.loads((folder / "cells" / c["name"] / "finetune" / f).read_text())  # noqa: E731
+    panels = [("aligned, before the attack", read(cells[0], "sink_before.json"))]
+    panels += [(f"after {method_label(c)}, poison {first:g}", read(c, "sink_after.json")) for c in cells]
+    write_head_maps(folder / "heads.png", panels)
 
 
 def _steps(n: int | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""What `surgery inspect` shows and writes: Rich tables, the JSON file and the divergence heatmap."""
+"""What `surgery inspect` shows and writes: Rich tables and the divergence heatmap; and the demo's heads.png,
+the same map before the attack and after each method, side by side."""
 
 from __future__ import annotations
 
@@ -42,22 +43,29 @@ def layers_table(result: dict) -> Table:
 
 def write_heatmap(path: Path, result: dict) -> None:
     """Layers x heads map of divergence, diverging colormap centred at 0 (red: sinks more on harmful)."""
+    name = Path(result["model"]).name + (f" + {Path(result['adapter']).name}" if result["adapter"] else "")
+    write_head_maps(path, [(name, result)])
+
+
+def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
+    """One layers x heads divergence map per (title, inspect result), side by side on one colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
-    d = result["divergence"]
-    L, H = len(d), len(d[0])
-    limit = max(max(abs(x) for row in d for x in row), 1e-12)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * H + 2.5), max(3.0, 0.22 * L + 1.5)))
-    im = ax.imshow(d, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto", origin="lower")
-    fig.colorbar(im, ax=ax, label="sink divergence (harmful - harmless)")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    name = Path(result["model"]).name + (f" + {Path(result['adapter']).name}" if result["adapter"] else "")
-    ax.set_title(f"{name}\n{result['positive_heads']} positive / {result['negative_heads']} negative heads")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    maps = [r["divergence"] for _, r in panels]
+    L, H = len(maps[0]), len(maps[0][0])
+    limit = max(max(abs(x) for d in maps for row in d for x in row), 1e-12)
+    norm = TwoSlopeNorm(0.0, -limit, limit)
+    width = max(4.0, 0.35 * H + 2.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), max(3.0, 0.22 * L + 1.5)), squeeze=False)
+    for ax, (title, r) in zip(axes[0], panels):
+        im = ax.imshow(r["divergence"], cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{title}\n{r['positive_heads']} positive / {r['negative_heads']} negative heads", fontsize=10)
+    fig.colorbar(im, ax=list(axes[0]), label="sink divergence (harmful - harmless)")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)

@@ -162,6 +162,7 @@ def test_demo_pipeline_end_to_end_on_smollm2(tmp_path):
     assert sweep["base"]["model"] == str(out / "aligned")
     for c in sweep["cells"]:
         assert c["harmful_score"] * 3 / 100 in (0, 1, 2, 3) and c["positive_heads_after"] is not None
+    assert (out / "sweep" / "heads.png").read_bytes()[:4] == b"\x89PNG"
     again = ok(*args)  # everything finished: nothing re-runs
     assert "alignment stage" not in again.output and "cell p0.2" not in again.output
 
