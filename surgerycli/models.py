@@ -41,6 +41,8 @@ def resolve(name: str) -> tuple[str, dict]:
             raise InputError(f"{name}: no such .gguf file")
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
+        if full_model_dir(path) is not None and not (path / "config.json").is_file():
+            return str(path / "model"), {}  # a `surgery finetune` output of full fine-tuning
         if not (path / "config.json").is_file():
             raise InputError(f"{name}: folder has no config.json (expected a Hugging Face model folder)")
         return str(path), {}
@@ -102,13 +104,30 @@ def check_4bit_widths(name: str, config, option: str) -> None:
                          f"bitsandbytes' 4-bit block size {BNB_4BIT_BLOCK}; load it unquantized (false)")
 
 
+def full_model_dir(path: str | Path) -> Path | None:
+    """The model/ folder of a `surgery finetune` output of full fine-tuning, or None."""
+    folder = Path(path) / "model"
+    return folder if (folder / "config.json").is_file() and not (Path(path) / "adapter").is_dir() else None
+
+
 def adapter_dir(path: str) -> Path:
     """A peft adapter folder, or a `surgery finetune` output folder holding one in `adapter/`."""
     p = Path(path)
     for candidate in (p, p / "adapter"):
         if (candidate / "adapter_config.json").is_file():
             return candidate
+    if full_model_dir(p) is not None:
+        raise InputError(f"{path}: holds a fully fine-tuned model (model/), not a LoRA adapter: use the folder as a MODEL")
     raise InputError(f"{path}: not a peft adapter folder (no adapter_config.json here or in adapter/)")
+
+
+def trained_record(folder: Path) -> tuple[str, str] | None:
+    """(base model, system prompt) that a `surgery finetune` output records in recipe.resolved.toml, or None."""
+    resolved = folder / "recipe.resolved.toml"
+    if not resolved.is_file():
+        return None
+    recipe = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    return recipe["model"]["name"], recipe.get("data", {}).get("system_prompt", "")
 
 
 def adapter_base(adapter: str) -> tuple[str | None, str]:
@@ -116,10 +135,8 @@ def adapter_base(adapter: str) -> tuple[str | None, str]:
     else the base_model_name_or_path of the adapter's config (and no system prompt)."""
     folder = adapter_dir(adapter)
     for candidate in (folder.parent, folder):  # the output folder, or its adapter/ given directly
-        resolved = candidate / "recipe.resolved.toml"
-        if resolved.is_file():
-            recipe = tomllib.loads(resolved.read_text(encoding="utf-8"))
-            return recipe["model"]["name"], recipe.get("data", {}).get("system_prompt", "")
+        if (found := trained_record(candidate)) is not None:
+            return found
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     return config.get("base_model_name_or_path"), ""
 
@@ -186,6 +203,9 @@ def merge_adapter(adapter: str, out: Path, base: str | None, dtype: torch.dtype)
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    if full_model_dir(adapter) is not None:
+        raise InputError(f"{adapter}: nothing to merge: it holds a fully fine-tuned model (model/), a plain "
+                         f"Hugging Face folder to use as it is")
     folder = adapter_dir(adapter)
     model_name = base or adapter_base(adapter)[0]
     if not model_name:

@@ -20,7 +20,9 @@ from rich.progress import Progress
 
 from ..data.safety import Prompt, load_benchmark
 from ..errors import InputError
-from ..models import adapter_base, adapter_dir, check_architecture, pick_device, pick_dtype
+from ..models import (
+    adapter_base, adapter_dir, check_architecture, full_model_dir, pick_device, pick_dtype, trained_record,
+)
 from ..progress import PROGRESS_COLUMNS
 from ..report.eval import tables, write_outputs
 from .options import EvalOptions
@@ -30,8 +32,10 @@ from .stats import wilson_percent
 @dataclass
 class Run:
     adapter: str | None  # as given on the command line; None evaluates the base model
-    base: str
+    base: str  # the model loaded for this run
     system_prompt: str
+    origin: str = ""  # the model the run was trained from (`--include-base` evaluates it); default: base
+    attach: bool = True  # attach `adapter` to `base` (False: a full fine-tuning output, base is its model/)
 
 
 def parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -54,15 +58,20 @@ def resolve_runs(adapters: list[str], base: str | None, include_base: bool, syst
         raise InputError("nothing to evaluate: give an ADAPTER folder, or --base MODEL for the base model alone")
     runs = []
     for adapter in adapters:
+        if (full := full_model_dir(adapter)) is not None:  # full fine-tuning: its model/ is the run's model
+            origin, trained_prompt = trained_record(Path(adapter)) or (str(full), "")
+            runs.append(Run(adapter, str(full), trained_prompt if system_prompt is None else system_prompt,
+                            origin=base or origin, attach=False))
+            continue
         trained_base, trained_prompt = adapter_base(adapter)  # InputError when it holds no adapter
         model = base or trained_base
         if not model:
             raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
-        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt))
+        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt, origin=model))
     if include_base or not adapters:
         bases: dict[str, str] = {}
         for r in runs:
-            bases.setdefault(r.base, r.system_prompt)
+            bases.setdefault(r.origin, r.system_prompt)
         runs = [Run(None, m, p) for m, p in (bases or {base: system_prompt or ""}).items()] + runs
     for model in dict.fromkeys(r.base for r in runs):
         check_architecture(model)
@@ -114,7 +123,8 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
         for i, run in enumerate(runs):
             if run.base != base:
                 continue
-            m = model if run.adapter is None else PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval()
+            attach = run.adapter is not None and run.attach
+            m = PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval() if attach else model
             responses = generate_run(m, tokenizer, run, benchmarks, options, progress)
             metrics, rows = {}, []
             if builtin or other:
@@ -122,7 +132,7 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
                 metrics, rows = run_tasks(m, tokenizer, builtin, other, manager, options, system_prompt=run.system_prompt,
                                           progress=progress, task_id=task)
             out[i] = (responses, metrics, rows)
-            if run.adapter is not None:
+            if attach:
                 model = m.unload()  # the LoRA layers come out; the base weights were never changed
         del model
     if device.type == "cuda":

@@ -34,12 +34,15 @@ def build_references(recipe: Recipe) -> tuple[RefSet, RefSet]:
     """Both Surgery reference sets (also what sink_before/after.json measure), at most REFERENCE_POOL each."""
     s, seed = recipe.methods["surgery"], recipe.train.seed
     harm, safe = named_refset(s.harmful_reference, "harmful"), named_refset(s.harmless_reference, "harmless")
+    if s.reference_rows == "first":  # the reference code's pool: the first 1000 rows of each set
+        return (RefSet(harm.path, harm.samples[:REFERENCE_POOL]), RefSet(safe.path, safe.samples[:REFERENCE_POOL]))
     return sample(harm, REFERENCE_POOL, seed), sample(safe, REFERENCE_POOL, seed)
 
 
 def build_model(model: ModelSection, quantization: QuantizationSection, lora: LoraSection,
                 train: TrainSection, device: torch.device):
-    """(peft LoRA model in train mode, tokenizer); QLoRA when `quantization.load_in_4bit`."""
+    """(model in train mode, tokenizer): peft LoRA (QLoRA when `quantization.load_in_4bit`), or the model
+    itself with every parameter trainable when `lora.enabled` is false."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -48,6 +51,10 @@ def build_model(model: ModelSection, quantization: QuantizationSection, lora: Lo
     set_seed(train.seed)  # LoRA A matrices are drawn here
     loaded, tokenizer = load_model(model.name, DTYPES[model.dtype], device, load_in_4bit=quantization.load_in_4bit,
                                    option="quantization.load_in_4bit")
+    if not lora.enabled:  # full fine-tuning: every parameter trains
+        for p in loaded.parameters():
+            p.requires_grad_(True)
+        return loaded.train(), tokenizer
     if quantization.load_in_4bit:
         loaded = prepare_model_for_kbit_training(
             loaded, use_gradient_checkpointing=train.gradient_checkpointing,

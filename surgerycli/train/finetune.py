@@ -8,6 +8,7 @@ or not at all. Library code shared by the finetune, sweep and demo commands.
 from __future__ import annotations
 
 import resource
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
                    console: Console) -> dict | None:
     """Sink statistics of the model as it is now, in the `surgery inspect --json` schema (None: skipped)."""
     from ..sink import measure_refsets, result_record
+    from .defenses.surgery import reference_length
 
     s = recipe.methods["surgery"]
     if not s.measure_samples:
@@ -38,10 +40,27 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
     harm, safe = sample(harm, s.measure_samples, recipe.train.seed), sample(safe, s.measure_samples, recipe.train.seed)
     model.eval()
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        summary = measure_refsets(model, tokenizer, harm, safe, max_length=recipe.train.max_length, batch_size=8,
+        summary = measure_refsets(model, tokenizer, harm, safe, max_length=reference_length(recipe), batch_size=8,
                                   sink_position=s.sink_position, device=device, progress=progress,
                                   where="surgery.sink_position")
     return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
+
+
+def save_trained(model, tokenizer, out: Path, lora: bool) -> Path:
+    """adapter/ (LoRA) or model/ (full fine-tuning: a Hugging Face folder with its tokenizer, sharded as
+    transformers saves), and tokenizer/; each written beside and renamed into place. The trained folder."""
+    folder = out / ("adapter" if lora else "model")
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if not lora:
+            tokenizer.save_pretrained(tmp)
+
+    save_folder(folder, save)
+    save_folder(out / "tokenizer", tokenizer.save_pretrained)
+    if not lora:  # a run that switched from LoRA to full fine-tuning leaves no stale adapter behind
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+    return folder
 
 
 def metrics_of(defense: Defense, probe: list[str]) -> tuple:
@@ -57,8 +76,6 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def prepare_output(out: Path, resume: bool) -> Path | None:
     """Create `out`; the checkpoint to resume from (None: start fresh, old checkpoints removed)."""
-    import shutil
-
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints) if resume and checkpoints.is_dir() else None
     if resume_from is None:
@@ -173,11 +190,10 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     if before is not None:
         write_json(out / "sink_before.json", before)
     trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, probe, console)
-    save_folder(out / "adapter", model.save_pretrained)
-    save_folder(out / "tokenizer", tokenizer.save_pretrained)
+    trained = save_trained(model, tokenizer, out, recipe.lora.enabled)
     after = measure_record(model, tokenizer, recipe, harm, safe, device, console)
     if after is not None:
-        write_json(out / "sink_after.json", {**after, "adapter": str(out / "adapter")})
+        write_json(out / "sink_after.json", {**after, "adapter": str(trained)})
     records = read_metrics(out / "metrics.jsonl")
     if records:
         from ..report.training import write_training_plot

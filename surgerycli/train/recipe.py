@@ -207,6 +207,9 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
     if sections["defense"].method not in registry():
         problems.append(f"defense.method: unknown method {_show(sections['defense'].method)} "
                         f"(expected one of {', '.join(registry())})")
+    if sections["quantization"].load_in_4bit and not sections["lora"].enabled:
+        problems.append("quantization.load_in_4bit: full fine-tuning (lora.enabled = false) trains the weights "
+                        "themselves, which 4-bit weights cannot be; set it to false, or enable LoRA (QLoRA)")
     if sections["quantization"].load_in_4bit and _is_gguf(sections["model"].name):
         problems.append("quantization.load_in_4bit: a .gguf model is dequantized on load and cannot be "
                         "loaded in 4-bit; set it to false or use a Hugging Face folder or hub id")
@@ -228,7 +231,8 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
     gpu = torch.cuda.is_available()
     s = sections
     if s["quantization"].load_in_4bit is None:
-        s["quantization"] = s["quantization"].model_copy(update={"load_in_4bit": gpu and not _is_gguf(s["model"].name)})
+        four_bit = gpu and not _is_gguf(s["model"].name) and s["lora"].enabled
+        s["quantization"] = s["quantization"].model_copy(update={"load_in_4bit": four_bit})
     dtype = s["model"].dtype if s["model"].dtype != "auto" else ("bfloat16" if gpu else "float32")
     s["model"] = s["model"].model_copy(update={"dtype": dtype, "name": _absolute(s["model"].name)})
     if s["output"].dir is None:

@@ -54,6 +54,7 @@ class QuantizationSection(Section):
 
 
 class LoraSection(Section):
+    enabled: bool = True  # false: full fine-tuning of every parameter (the output holds model/, not adapter/)
     r: Annotated[int, Field(ge=1)] = 16
     alpha: Annotated[float, Field(ge=0)] = 32.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from clirun import invoke, ok
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from surgerycli.cli import app
 
 ROOT = Path(__file__).parents[2]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +270,59 @@ def test_dry_run_shows_the_probe_and_drops_seen_prompts(tmp_path, tiny_llama_dir
     result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--dry-run", "--set", "monitor.every_steps=5",
                     "--set", f"monitor.prompts={only_seen}", "--set", "data.poison_ratio=0.5")
     assert result.exit_code == 2 and "monitor.prompts: every prompt" in result.output
+
+
+@pytest.fixture
+def refs(tmp_path) -> tuple[Path, Path]:
+    harm, safe = tmp_path / "refs_harm.jsonl", tmp_path / "refs_safe.jsonl"
+    harm.write_text("".join(json.dumps({"prompt": f"How do I break thing {i}?"}) + "\n" for i in range(3)))
+    safe.write_text("".join(json.dumps({"prompt": f"How do I bake bread {i}?"}) + "\n" for i in range(3)))
+    return harm, safe
+
+
+def test_full_finetuning_writes_a_model_that_inspect_and_eval_take(tmp_path, tiny_llama_dir, data, refs):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full"
+    harm, safe = refs
+    run(recipe(tmp_path, tiny_llama_dir, data), out, "lora.enabled=false", f"surgery.harmful_reference={harm}",
+        f"surgery.harmless_reference={safe}")
+    assert (out / "model" / "config.json").is_file() and any((out / "model").glob("*.safetensors"))
+    assert not (out / "adapter").exists() and (out / "model" / "tokenizer_config.json").is_file()
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    trained = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        assert not torch.allclose(trained(ids).logits, base(ids).logits, atol=1e-4)  # every weight trained
+    # the saved model is the one the run measured: inspect on the output reproduces sink_after.json
+    ok("inspect", out, "--harmful", harm, "--harmless", safe, "--max-length", 96, "--json", tmp_path / "i.json")
+    inspected = json.loads((tmp_path / "i.json").read_text())
+    after = json.loads((out / "sink_after.json").read_text())
+    assert after["adapter"] == str(out / "model")
+    assert torch.allclose(torch.tensor(inspected["divergence"]), torch.tensor(after["divergence"]), atol=1e-6)
+    ok("eval", out, "--include-base", "--limit", 2, "--max-new-tokens", 3, "--out", tmp_path / "e")
+    runs = json.loads((tmp_path / "e" / "results.json").read_text())["runs"]
+    assert [(r["adapter"], r["base"]) for r in runs] == [(None, str(tiny_llama_dir)), (str(out), str(out / "model"))]
+    result = invoke("merge", out, "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "nothing to merge" in result.output and not (tmp_path / "m").exists()
+
+
+def test_full_finetuning_refuses_4bit(tmp_path, tiny_llama64_dir, data):
+    result = invoke("finetune", recipe(tmp_path, tiny_llama64_dir, data), "--output", tmp_path / "x",
+                    "--set", "lora.enabled=false", "--set", "quantization.load_in_4bit=true")
+    assert result.exit_code == 2 and "quantization.load_in_4bit: full fine-tuning" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("method", ["sft", "surgery", "safeinstr", "lisa", "vaccine", "booster"])
+def test_every_defense_runs_with_full_finetuning(tmp_path, tiny_llama_dir, data, method):
+    from safetensors.torch import load_file
+
+    out = tmp_path / method
+    run(recipe(tmp_path, tiny_llama_dir, data), out, "lora.enabled=false", f"defense.method={method}",
+        "train.max_steps=2", "train.gradient_checkpointing=true", f"booster.harmful_data={data / 'harm.jsonl'}",
+        "lisa.alignment_steps=1", "lisa.finetune_steps=1", "safeinstr.num=2")
+    trained = {k: v for f in (out / "model").glob("*.safetensors") for k, v in load_file(f).items()}
+    base = {k: v for f in Path(tiny_llama_dir).glob("*.safetensors") for k, v in load_file(f).items()}
+    changed = [k for k in base if not torch.equal(base[k], trained[k])]
+    assert len(changed) > len(base) // 2, changed  # most weight matrices moved, not just a few

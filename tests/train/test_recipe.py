@@ -45,11 +45,21 @@ def test_shipped_recipes_cover_the_issue():
             "gemma2-9b-surgery", "smollm2-cpu-surgery"} <= names
 
 
-def test_sft_twin_differs_only_in_the_defense_method():
-    surgery = load_recipe(RECIPE_DIR / "llama3-8b-surgery.toml", check_files=False)
-    sft = load_recipe(RECIPE_DIR / "llama3-8b-sft.toml", check_files=False)
+@pytest.mark.parametrize("tail", ["", "-full"])
+def test_sft_twin_differs_only_in_the_defense_method(tail):
+    surgery = load_recipe(RECIPE_DIR / f"llama3-8b-surgery{tail}.toml", check_files=False)
+    sft = load_recipe(RECIPE_DIR / f"llama3-8b-sft{tail}.toml", check_files=False)
     assert surgery.defense.method == "surgery" and sft.defense.method == "sft"
     assert dataclasses.replace(surgery, defense=sft.defense, output=sft.output) == sft
+
+
+def test_full_recipe_is_the_papers_setting():
+    r = load_recipe(RECIPE_DIR / "llama3-8b-surgery-full.toml", check_files=False)
+    s = r.methods["surgery"]
+    assert not r.lora.enabled and not r.quantization.load_in_4bit and r.model.dtype == "bfloat16"
+    assert (r.train.learning_rate, r.train.lr_scheduler, r.train.epochs, r.train.batch_size) == (5e-6, "constant", 5.0, 10)
+    assert (r.data.num_samples, r.data.system_prompt, r.train.max_length) == (1000, "You are a helpful assistant.", 1024)
+    assert (s.alpha, s.sink_position, s.reference_rows, s.max_length, s.reference_batch_size) == (300.0, 0, "first", 512, 1)
 
 
 def test_defaults_filled_and_round_trip(tmp_path, tiny_llama_dir):

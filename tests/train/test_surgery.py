@@ -123,3 +123,31 @@ def test_save_folder_keeps_the_old_folder_when_saving_fails(tmp_path):
     save_folder(target, lambda d: (d / "weights").write_text("v2"))
     assert (target / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_reference_rows_first_and_reference_length(tmp_path, tiny_llama_dir):
+    from surgerycli.train.builders import build_references
+    from surgerycli.train.defenses import DefenseContext
+    from surgerycli.train.defenses.surgery import Surgery
+    from surgerycli.train.recipe import load_recipe
+
+    bt = tmp_path / "bt.jsonl"
+    bt.write_text("".join(json.dumps({"prompt": f"p{i} " + "word " * 40, "response": "r", "is_safe": i % 3 == 0})
+                          + "\n" for i in range(1600)))
+    (tmp_path / "gsm.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "{tiny_llama_dir}"\n[data]\nbenign = "{tmp_path / "gsm.jsonl"}"\n'
+                    f'poison_ratio = 0.0\n[surgery]\nharmful_reference = "{bt}"\nharmless_reference = "{bt}"\n'
+                    f'reference_rows = "first"\nmax_length = 16\n[train]\nmax_length = 64\n')
+    recipe = load_recipe(path)
+    harm, safe = build_references(recipe)
+    unsafe = [i for i in range(1600) if i % 3]
+    assert [s[0]["content"].split()[0] for s in harm.samples] == [f"p{i}" for i in unsafe[:1000]]  # file order
+    assert [s[0]["content"].split()[0] for s in safe.samples] == [f"p{i}" for i in range(0, 1600, 3)]  # all 534
+    sampled, _ = build_references(load_recipe(path, ["surgery.reference_rows=sample"]))
+    assert len(sampled.samples) == 1000 and sampled.samples != harm.samples
+    from transformers import AutoTokenizer
+
+    defense = Surgery(recipe.methods["surgery"], recipe)
+    defense.setup(DefenseContext(None, AutoTokenizer.from_pretrained(tiny_llama_dir), recipe, harm, safe))
+    assert max(map(len, defense.regularizer.harmful + defense.regularizer.harmless)) == 16  # surgery.max_length

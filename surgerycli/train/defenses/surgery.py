@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -36,6 +36,9 @@ class SurgeryOptions(Section):
     harmful_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMFUL
     harmless_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMLESS
     reference_batch_size: Annotated[int, Field(ge=1)] = 1
+    reference_rows: Literal["sample", "first"] = "sample"  # the pool of 1000 per set: drawn with train.seed, or the
+    # first 1000 in file order (the reference code's)
+    max_length: Annotated[int | None, Field(ge=8)] = None  # tokens per reference sample; default train.max_length
     measure_samples: Annotated[int, Field(ge=0)] = 64  # sink_before/after.json, for every method; 0 skips them
 
 
@@ -96,6 +99,11 @@ class SinkRegularizer:
         return float(loss.detach()), int((d > 0).sum()), int(batch["attention_mask"].sum())
 
 
+def reference_length(recipe) -> int:
+    """Tokens per reference sample: surgery.max_length, else train.max_length."""
+    return recipe.methods["surgery"].max_length or recipe.train.max_length
+
+
 @register_defense
 class Surgery(Defense):
     name = "surgery"
@@ -133,7 +141,7 @@ class Surgery(Defense):
         ids = {}
         for key, refset in (("surgery.harmful_reference", ctx.harmful_reference),
                             ("surgery.harmless_reference", ctx.harmless_reference)):
-            rows = [r for r in encode(tok, refset.samples, self.recipe.train.max_length) if len(r) > o.sink_position + 1]
+            rows = [r for r in encode(tok, refset.samples, reference_length(self.recipe)) if len(r) > o.sink_position + 1]
             if not rows:
                 raise InputError(f"{key}: no sample has a token after the sink (surgery.sink_position {o.sink_position})")
             ids[key] = rows
