@@ -50,3 +50,43 @@ def save_folder(path: Path, save: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+LOCK = ".surgery.lock"
+
+
+class FolderLock:
+    """Held while a run writes into `folder`: a second run into the same folder is refused (one line naming
+    the pid) while the first is alive; a lock left by a run that died (no such process) is taken over."""
+
+    def __init__(self, folder: Path, option: str):
+        self.path, self.option = Path(folder) / LOCK, option
+
+    def _holder(self) -> int | None:
+        try:
+            pid = int(self.path.read_text().split()[0])
+            os.kill(pid, 0)  # no signal sent: only asks whether the process exists
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid
+
+    def __enter__(self):
+        from .errors import InputError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if (pid := self._holder()) is not None and pid != os.getpid():
+                    raise InputError(f"{self.option} {self.path.parent}: another surgery run (pid {pid}) is writing "
+                                     f"here; wait for it, or remove {self.path} if that process is not surgery") from None
+                self.path.unlink(missing_ok=True)  # stale: its run died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return self
+        raise InputError(f"{self.option} {self.path.parent}: could not take {self.path}")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)

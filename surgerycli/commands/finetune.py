@@ -30,6 +30,10 @@ def finetune(
         summary = run_finetune(recipe, set_ or [], output, dry_run, resume, console)
     except InputError as e:
         raise fail(e) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the output folder keeps its last complete checkpoint; run the same command "
+                   "again to resume from it (--no-resume starts over)", err=True)
+        raise typer.Exit(code=130) from None
     if summary is not None:
         console.print(
             f"{summary['label']}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, "

@@ -42,6 +42,7 @@ def sweep(
     from rich.console import Console
 
     from ..errors import InputError
+    from ..files import FolderLock
     from ..report.sweep import write_sweep
     from ..study.sweep import Alignment, evaluator, plan, run_sweep
 
@@ -52,7 +53,12 @@ def sweep(
                                max_input_tokens=max_input_tokens)
         cells = plan(recipe, set_ or [], poison_ratios, methods, alphas, align_recipe)
         alignment = Alignment(align_recipe, tuple(align_set or ()), out) if align_recipe else None
-        sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment)
-        write_sweep(out, sweep_result, options.judge, console)
+        with FolderLock(out, "--out"):
+            sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment)
+            write_sweep(out, sweep_result, options.judge, console)
     except InputError as e:
         raise fail(e) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished cells are kept and a half-trained one resumes from its checkpoint; "
+                   "run the same command again to continue", err=True)
+        raise typer.Exit(code=130) from None

@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from ..data.refsets import RefSet, sample
 from ..errors import InputError
-from ..files import atomic_write_text, save_folder, write_json
+from ..files import FolderLock, atomic_write_text, save_folder, write_json
 from ..progress import PROGRESS_COLUMNS
 from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
 from .callbacks import MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
@@ -183,6 +183,14 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
 
     rows = encode(mix)
     defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe, encode=encode))
+    with FolderLock(out, "output.dir"):
+        return _run(model, tokenizer, recipe, defense, rows, n_harmful, harm, safe, probe, device, resume, console)
+
+
+def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n_harmful: int, harm: RefSet,
+         safe: RefSet, probe: list[str], device: torch.device, resume: bool, console: Console) -> dict:
+    """Train and write every output into output.dir (its lock held)."""
+    out = Path(recipe.output.dir)
     resume_from = prepare_output(out, resume)
     atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
 

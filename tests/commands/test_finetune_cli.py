@@ -326,3 +326,24 @@ def test_every_defense_runs_with_full_finetuning(tmp_path, tiny_llama_dir, data,
     base = {k: v for f in Path(tiny_llama_dir).glob("*.safetensors") for k, v in load_file(f).items()}
     changed = [k for k in base if not torch.equal(base[k], trained[k])]
     assert len(changed) > len(base) // 2, changed  # most weight matrices moved, not just a few
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_llama_dir, data):
+    import subprocess
+
+    from surgerycli.files import LOCK
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])  # a live process holds the folder
+    try:
+        (out / LOCK).write_text(f"{holder.pid}\n")
+        result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, data), "--output", out)
+        assert result.exit_code == 2 and f"another surgery run (pid {holder.pid}) is writing here" in result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (out / "recipe.resolved.toml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the run takes it over and removes it when done
+    run(recipe(tmp_path, tiny_llama_dir, data), out, "train.max_steps=1")
+    assert (out / "adapter").is_dir() and not (out / LOCK).exists()
