@@ -132,7 +132,8 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
             ax.set_xlabel("poison ratio")
         ax.set_title(title + "\nerror bars: 95% Wilson interval", fontsize=10)
         ax.set_ylim(-2, 112)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     plt.close(fig)
