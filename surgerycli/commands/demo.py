@@ -34,7 +34,7 @@ def demo(
     align_recipe: Annotated[Path, typer.Option(help="Alignment-stage recipe.")] = Path("recipes/demo-align.toml"),
     attack_recipe: Annotated[Path, typer.Option(help="Attack-stage recipe.")] = Path("recipes/demo-attack.toml"),
 ) -> None:
-    """The whole story on the packaged SmolLM2, offline, on CPU: demo data, alignment (finetune + merge), then the harmful fine-tuning attack as SFT and with Surgery, each evaluated for harmful score and accuracy.
+    """The whole story on the packaged SmolLM2, offline, on CPU: demo data, alignment (finetune + merge), then the harmful fine-tuning attack as SFT and with Surgery (or the defenses --methods names), each evaluated for harmful score and accuracy.
 
     Reruns skip finished steps. The table at the end is sweep/sweep.md (plots: sweep/sweep.png, and sweep/heads.png, the per-head sink divergence before and after each attack); each cell's outputs are in sweep/cells/.
     """

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .options import Recipe, Sets, fail
+from .options import Recipe, Sets, fail, interrupted
 
 
 def finetune(
@@ -31,9 +31,8 @@ def finetune(
     except InputError as e:
         raise fail(e) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: the output folder keeps its last complete checkpoint; run the same command "
-                   "again to resume from it (--no-resume starts over)", err=True)
-        raise typer.Exit(code=130) from None
+        raise interrupted("the output folder keeps its last complete checkpoint; run the same command again to "
+                          "resume from it (--no-resume starts over)") from None
     if summary is not None:
         console.print(
             f"{summary['label']}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, "

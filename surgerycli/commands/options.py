@@ -44,3 +44,9 @@ def fail(error: InputError) -> typer.Exit:
     """Print an input error as one line and exit with code 2."""
     typer.echo(f"error: {error}", err=True)
     return typer.Exit(code=2)
+
+
+def interrupted(what: str) -> typer.Exit:
+    """Ctrl-C: say what the output folder keeps and how to go on; exit 130 (the shell's code for SIGINT)."""
+    typer.echo(f"interrupted: {what}", err=True)
+    return typer.Exit(code=130)

@@ -9,7 +9,7 @@ import typer
 
 from .options import (
     BatchSize, BeavertailsRows, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat, Safety,
-    SafetyData, Sets, TaskData, Tasks, eval_options, fail,
+    SafetyData, Sets, TaskData, Tasks, eval_options, fail, interrupted,
 )
 
 
@@ -59,6 +59,5 @@ def sweep(
     except InputError as e:
         raise fail(e) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished cells are kept and a half-trained one resumes from its checkpoint; "
-                   "run the same command again to continue", err=True)
-        raise typer.Exit(code=130) from None
+        raise interrupted("finished cells are kept and a half-trained one resumes from its checkpoint; run the "
+                          "same command again to continue") from None

@@ -19,12 +19,11 @@ from .rows import Role, read_rows
 IGNORE = -100  # label of tokens left out of the loss
 
 
-def read_examples(path: str | Path, fmt: str = "auto", harmful: bool = False, role: Role = None) -> list[Messages]:
+def read_examples(path: str | Path, fmt: str = "auto", role: Role = None) -> list[Messages]:
     """Training chats from a .jsonl/.json file; an InputError names the file, line and what was expected.
 
-    `harmful` (or `role`) reads the file as a harmful or a harmless set under the `data.rows` is_safe policy.
+    `role` ("harmful" / "harmless") reads the file as such a set under the `data.rows` is_safe policy.
     """
-    role = "harmful" if harmful else role
     rows = read_rows(path, (".jsonl", ".json"), role=role)
     examples = [row_messages(r, fmt) for r in rows]
     if not examples:

@@ -49,16 +49,26 @@ def generate(
 
     `add_special_tokens=False` for chat-template text, which carries its own BOS where the model uses one.
     """
+    encoded = encode(tokenizer, texts, add_special_tokens, max_input_tokens)
+    return generate_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        on_batch=on_batch)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model, tokenizer, encoded: list[list[int]], *, batch_size: int, max_new_tokens: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding)."""
     from transformers import GenerationConfig
 
-    encoded = encode(tokenizer, texts, add_special_tokens, max_input_tokens)
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos_ids(model, tokenizer),
     )
     device = next(model.parameters()).device
-    out: list[str] = [""] * len(texts)
+    out: list[str] = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = left_pad([encoded[i] for i in chunk], tokenizer.pad_token_id)  # (B, T)

@@ -55,6 +55,20 @@ def task_source(path: str, docs: int, used: int, limit: int | None) -> dict:
             "rows_used": used, "selection": "every row, in file order" + (f"; the first {limit}" if limit else "")}
 
 
+def data_sources(benchmarks: dict[str, dict], task_spec: tuple, task_files: dict[str, str], limit: int | None,
+                 record: dict) -> dict:
+    """provenance.data: each benchmark's source, each built-in task's file, and each lm-eval task as lm-eval
+    defines it (its document count from the run's `record`)."""
+    sources = dict(benchmarks)
+    builtin, other, _ = task_spec
+    for name, docs in builtin.items():
+        sources[name] = task_source(task_files[name], len(docs), min(len(docs), limit or len(docs)), limit)
+    for name in other:
+        sources[name] = {"path": f"lm-eval:{name}", "sha256": None, "rows_total": None,
+                         "rows_used": record["tasks"].get(name, {}).get("n"), "selection": "as lm-eval defines it"}
+    return sources
+
+
 def provenance(options, *, data: dict, judge, device, dtype, started_at: str, wall_time_s: float) -> dict:
     return {
         "versions": versions(),

@@ -86,7 +86,7 @@ def safety_names(safety: str, safety_data: dict[str, str]) -> list[str]:
 def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], options: EvalOptions,
                  progress: Progress) -> dict[str, tuple[list[str], list[str]]]:
     """Per benchmark: (the exact input texts the model got, its greedy responses), for one run."""
-    from .generation import encode, generate
+    from .generation import encode, generate_ids
     from .prompts import adds_special_tokens, prompt_text
 
     o, special = options, adds_special_tokens(options.prompt_format)
@@ -94,11 +94,10 @@ def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]]
     for name, prompts in benchmarks.items():
         task = progress.add_task(f"{_short(run)} {name}", total=len(prompts))
         texts = [prompt_text(tokenizer, p.text, run.system_prompt, o.prompt_format) for p in prompts]
-        inputs = [tokenizer.decode(ids) for ids in encode(tokenizer, texts, special, o.max_input_tokens)]
-        responses = generate(model, tokenizer, texts, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens,
-                             add_special_tokens=special, max_input_tokens=o.max_input_tokens,
-                             on_batch=lambda n, task=task: progress.advance(task, n))
-        out[name] = (inputs, responses)
+        encoded = encode(tokenizer, texts, special, o.max_input_tokens)  # once: generated from, and recorded
+        responses = generate_ids(model, tokenizer, encoded, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens,
+                                 on_batch=lambda n, task=task: progress.advance(task, n))
+        out[name] = ([tokenizer.decode(ids) for ids in encoded], responses)
     return out
 
 
@@ -168,7 +167,7 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
              console: Console) -> list[dict]:
     """Evaluate every run; the results.json run records (and the files under `out` when given)."""
     from .judges import make_judge
-    from .provenance import provenance, task_source
+    from .provenance import data_sources, provenance
     from .tasks import check_tasks
 
     o, started, t0 = options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
@@ -192,12 +191,7 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
     for table in tables(records):
         console.print(table)
     if out is not None:
-        sources = {n: b.source for n, b in loaded.items()}
-        for name, docs in task_spec[0].items():
-            sources[name] = task_source(task_files[name], len(docs), min(len(docs), o.limit or len(docs)), o.limit)
-        for name in task_spec[1]:
-            sources[name] = {"path": f"lm-eval:{name}", "sha256": None, "rows_total": None,
-                             "rows_used": records[0]["tasks"].get(name, {}).get("n"), "selection": "as lm-eval defines it"}
+        sources = data_sources({n: b.source for n, b in loaded.items()}, task_spec, task_files, o.limit, records[0])
         prov = provenance(o, data=sources, judge=judge_obj, device=dev, dtype=dt, started_at=started,
                           wall_time_s=time.time() - t0)
         write_outputs(out, records, samples, prov)

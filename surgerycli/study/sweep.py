@@ -5,8 +5,10 @@ one poison ratio and registered defense (Surgery once per alpha),
 followed by a `surgery eval` of its adapter. A cell is finished when its cell.json exists (written last),
 so a rerun skips finished cells and resumes an interrupted fine-tune from its checkpoint. A cell that
 fails is recorded with its error and the sweep goes on. The base model is evaluated once, as the
-"before the attack" row. Writes sweep.json, sweep.md (rows: poison ratio; columns: HS and FA per method)
-and sweep.png (HS and FA against poison ratio).
+"before the attack" row. With an `Alignment` (`--align-recipe`) the sweep first aligns: plain SFT for
+the fine-tuning-stage methods, and each alignment-stage method its own model, each merged once; each
+aligned model is evaluated once before the attack. `report.sweep` writes sweep.json, sweep.md (both
+table layouts) and sweep.png.
 """
 
 from __future__ import annotations

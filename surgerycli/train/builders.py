@@ -25,7 +25,7 @@ REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the 
 def build_examples(data: DataSection, seed: int, defense: Defense) -> tuple[list[Messages], int]:
     """The shuffled fine-tuning mix (after the defense's `mix` hook) and its harmful count."""
     benign = read_examples(data.benign, data.benign_format)
-    harmful = read_examples(data.harmful, "auto", harmful=True) if data.harmful else []
+    harmful = read_examples(data.harmful, "auto", role="harmful") if data.harmful else []
     mix, n_harmful = build_mix(benign, harmful, data.poison_ratio, data.num_samples, seed)
     return defense.mix(mix, random.Random(seed)), n_harmful
 

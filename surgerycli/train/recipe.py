@@ -31,6 +31,7 @@ from .sections import (
 CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
         "defense": DefenseSection}
 TAIL = {"train": TrainSection, "monitor": MonitorSection, "output": OutputSection}
+BUILTIN_NAMES = {"refset": BUILTIN_REFSETS, "pairs": BUILTIN_PAIRS}  # Exists kinds that also take built-in names
 REMOVED = {("surgery", "enabled"): 'removed: choose the method with [defense] method = "surgery" or "sft" '
                                    '(no defense)'}
 
@@ -114,10 +115,8 @@ def _exists(kind: str, value: str) -> str | None:
     """None when what `value` names exists, else what was expected."""
     if kind == "file" and not Path(value).expanduser().is_file():
         return "no such file"
-    if kind == "refset" and value not in BUILTIN_REFSETS and not Path(value).expanduser().is_file():
-        return f"no such file (or use {' / '.join(map(_show, BUILTIN_REFSETS))})"
-    if kind == "pairs" and value not in BUILTIN_PAIRS and not Path(value).expanduser().is_file():
-        return f"no such file (or use {' / '.join(map(_show, BUILTIN_PAIRS))})"
+    if kind in BUILTIN_NAMES and value not in BUILTIN_NAMES[kind] and not Path(value).expanduser().is_file():
+        return f"no such file (or use {' / '.join(map(_show, BUILTIN_NAMES[kind]))})"
     if kind == "model":
         from ..models import resolve
 
@@ -192,6 +191,11 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
             bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
         if check_files:  # also for the keys that passed when another key of the section failed
             problems += _file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+    from .defenses import registry
+
+    if "defense" in sections and sections["defense"].method not in registry():  # a key's check: with the rest
+        problems.append(f"defense.method: unknown method {_show(sections['defense'].method)} "
+                        f"(expected one of {', '.join(registry())})")
     return sections
 
 
@@ -202,11 +206,6 @@ def _is_gguf(name: str) -> bool:
 
 
 def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
-    from .defenses import registry
-
-    if sections["defense"].method not in registry():
-        problems.append(f"defense.method: unknown method {_show(sections['defense'].method)} "
-                        f"(expected one of {', '.join(registry())})")
     if sections["quantization"].load_in_4bit and not sections["lora"].enabled:
         problems.append("quantization.load_in_4bit: full fine-tuning (lora.enabled = false) trains the weights "
                         "themselves, which 4-bit weights cannot be; set it to false, or enable LoRA (QLoRA)")
@@ -219,7 +218,7 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
 
 
 def _absolute(value: str | None) -> str | None:
-    if value and value not in (*BUILTIN_REFSETS, *BUILTIN_PAIRS) and Path(value).expanduser().exists():
+    if value and not any(value in names for names in BUILTIN_NAMES.values()) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().resolve())
     return value
 
@@ -239,7 +238,7 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
         s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
     for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
         paths = {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
-                 if any(isinstance(m, Exists) and m.kind in ("file", "refset", "pairs") for m in info.metadata)}
+                 if any(isinstance(m, Exists) and m.kind in ("file", *BUILTIN_NAMES) for m in info.metadata)}
         if paths:
             s[name] = section.model_copy(update=paths)
 

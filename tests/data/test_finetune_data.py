@@ -53,10 +53,10 @@ def test_bad_rows_name_file_and_line(tmp_path):
 
 def test_harmful_keeps_only_unsafe_beavertails_rows(tmp_path):
     rows = [{"prompt": f"p{i}", "response": f"r{i}", "category": {}, "is_safe": i % 2 == 0} for i in range(6)]
-    harmful = read_examples(jsonl(tmp_path / "bt.jsonl", rows), harmful=True)
+    harmful = read_examples(jsonl(tmp_path / "bt.jsonl", rows), role="harmful")
     assert [c[0]["content"] for c in harmful] == ["p1", "p3", "p5"]
     with pytest.raises(InputError, match="no harmful examples"):
-        read_examples(jsonl(tmp_path / "safe.jsonl", rows[::2]), harmful=True)
+        read_examples(jsonl(tmp_path / "safe.jsonl", rows[::2]), role="harmful")
 
 
 def test_mix_counts_and_seeded_shuffle():

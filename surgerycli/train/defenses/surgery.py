@@ -27,7 +27,7 @@ from ...data.finetune import pad_batch
 from ...data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
 from ...errors import InputError
 from ..sections import Exists, Section
-from . import Defense, DefenseContext, Metric, register_defense
+from . import Defense, DefenseContext, Metric, micro_step, register_defense
 
 
 class SurgeryOptions(Section):
@@ -115,7 +115,6 @@ class Surgery(Defense):
     def __init__(self, options: SurgeryOptions, recipe):
         super().__init__(options, recipe)
         self.regularizer: SinkRegularizer | None = None
-        self._micro = (-1, 0)  # (optimizer step, micro-batch within it): each draws its own reference batch
 
     def label(self) -> str:
         return f"Surgery a={self.options.alpha:g}"
@@ -156,10 +155,7 @@ class Surgery(Defense):
         loss = trainer.sft_step(model, inputs, num_items_in_batch)
         if self.regularizer is None:
             return loss
-        step, micro = self._micro
-        global_step = trainer.state.global_step
-        self._micro = (global_step, micro + 1 if step == global_step else 0)
-        draw = global_step * trainer.args.gradient_accumulation_steps + self._micro[1]
+        draw = micro_step(trainer)  # each micro-batch draws its own reference batch, the same after a resume
         scale = 1.0 / trainer.current_gradient_accumulation_steps
         with trainer.compute_loss_context_manager():
             sink, positive, ref_tokens = self.regularizer.backward_step(model, draw, scale, trainer.accelerator.backward)
