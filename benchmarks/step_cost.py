@@ -1,18 +1,19 @@
 """Benchmark for `surgery finetune`: cost of one optimizer step, SFT against Surgery two ways, in one run.
 
     python benchmarks/step_cost.py [--lengths 512 1024] [--steps 2] [--device cpu] [--model smollm2]
-                                   [--dtype float32] [--load-in-4bit]
+                                   [--dtype float32] [--load-in-4bit] [--plain-loss]
 
 SmolLM2-135M-Instruct by default (--model: any folder, or a shape from benchmarks/shapes/ with random
 weights), LoRA r=16 on every linear layer (QLoRA NF4 with --load-in-4bit, as `surgery finetune` loads
 it), no gradient checkpointing; a benign batch of 4 sequences and one harmful plus one harmless
 reference sequence, all `T` tokens long:
-  sft        the SFT loss alone
+  sft        the SFT loss alone: as `surgery finetune` with train.fused_cross_entropy (chunked cross-entropy
+             over the hidden states, no (B, T, vocab) logits tensor; --plain-loss: the model's own loss)
   surgery    the path `surgery finetune` takes: the SFT forward and backward, then one batched forward
              of both reference samples through the sink patch and its backward (sequential)
   joint      as `surgery`, but one backward of sft + alpha * sink (both graphs alive at once)
   reference  the reference code's way: eager attention for every forward, output_attentions=True,
-             separate harmful and harmless forwards, one joint backward
+             separate harmful and harmless forwards, one joint backward, the model's own SFT loss
 Each (method, length) runs in its own process (no allocator state shared): one warm-up step, then the
 median seconds of --steps steps, and the peak memory over them (CPU: the process's VmHWM, reset through
 /proc/self/clear_refs after the warm-up; CUDA: torch.cuda.max_memory_allocated). Prints a table and the
@@ -61,7 +62,7 @@ def reference_sink_loss(model, harmful: torch.Tensor, harmless: torch.Tensor) ->
     return torch.relu(means[0] - means[1]).mean()
 
 
-def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor):
+def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor, plain: bool):
     from surgerycli.patches import capture_sinks, set_sink_mode, sink_per_sample
     from surgerycli.train.defenses.surgery import SinkRegularizer, sink_divergence, sink_loss
 
@@ -72,7 +73,12 @@ def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, h
     set_sink_mode(model, method in ("surgery", "joint"))
 
     def sft() -> torch.Tensor:
-        return model(input_ids=benign, labels=benign, use_cache=False).loss
+        if plain or method == "reference":
+            return model(input_ids=benign, labels=benign, use_cache=False).loss
+        from surgerycli.train.loss import causal_lm_loss
+
+        return causal_lm_loss(model, {"input_ids": benign, "attention_mask": torch.ones_like(benign), "labels": benign},
+                              use_liger=False)
 
     def step() -> None:
         if method == "sft":
@@ -92,7 +98,7 @@ def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, h
     return step
 
 
-def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: str, four_bit: bool) -> dict:
+def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: str, four_bit: bool, plain: bool) -> dict:
     """Child process: seconds per optimizer step (median) and peak memory of `method` at `T` tokens."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -111,7 +117,7 @@ def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: st
     g = torch.Generator().manual_seed(T)
     benign, harmful, harmless = (torch.randint(100, model.config.vocab_size, (n, T), generator=g).to(dev)
                                  for n in (4, 1, 1))
-    step = make_step(method, model, benign, harmful, harmless)
+    step = make_step(method, model, benign, harmful, harmless, plain)
     times = []
     for i in range(steps + 1):  # step 0 warms up and creates the optimizer state
         if i == 1:
@@ -134,13 +140,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: bitsandbytes NF4 base weights")
+    p.add_argument("--plain-loss", action="store_true", help="sft, surgery, joint: the model's own SFT loss (full logits)")
     add_model_args(p)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--child", nargs=3, metavar=("METHOD", "T", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         method, T, folder = args.child
-        print(json.dumps(measure(method, int(T), args.steps, folder, args.device, args.dtype, args.load_in_4bit)))
+        print(json.dumps(measure(method, int(T), args.steps, folder, args.device, args.dtype, args.load_in_4bit,
+                                 args.plain_loss)))
         return
     results = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -149,6 +157,7 @@ def main() -> None:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--child", method, str(T), folder, "--steps", str(args.steps),
                        "--device", args.device, "--dtype", args.dtype] + ["--load-in-4bit"] * args.load_in_4bit
+                cmd += ["--plain-loss"] * args.plain_loss
                 child = subprocess.run(cmd, capture_output=True, text=True)
                 if child.returncode:
                     sys.exit(f"{method} at {T} tokens failed:\n{child.stderr[-4000:]}")
@@ -158,7 +167,7 @@ def main() -> None:
                       f"{results[method, T]['peak'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(f"{label}, {'QLoRA NF4' if args.load_in_4bit else 'LoRA'} r=16, {args.dtype}, benign batch 4 + 1 harmful "
-          f"+ 1 harmless reference, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
+          f"+ 1 harmless reference, SFT loss {'plain' if args.plain_loss else 'chunked'}, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
     print("| tokens | method | s/step | peak GiB |")
     print("|---:|---|---:|---:|")
     for (method, T), r in results.items():

@@ -14,6 +14,7 @@ from .commands.eval import eval_
 from .commands.finetune import finetune
 from .commands.inspect import inspect
 from .commands.merge import merge
+from .commands.report import report
 from .commands.sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich")
@@ -39,6 +40,7 @@ app.command()(finetune)
 app.command(name="eval")(eval_)
 app.command()(merge)
 app.command()(sweep)
+app.command()(report)
 app.command(name="demo")(demo)
 app.add_typer(data_app, name="data")
 

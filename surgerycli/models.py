@@ -152,16 +152,56 @@ def quantization_kwargs(dtype: torch.dtype, device: torch.device) -> dict:
     return {"quantization_config": config, "device_map": {"": index}}
 
 
+def read_chat_template(path: str | Path, option: str) -> str:
+    """The text of a Jinja chat template file; InputError naming `option` for a missing or broken one."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"{option} {path}: no such file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        ImmutableSandboxedEnvironment().from_string(text)  # the environment transformers renders templates in
+    except TemplateSyntaxError as e:
+        raise InputError(f"{option} {path}: not a valid Jinja template ({e.message}, line {e.lineno})") from None
+    return text
+
+
+def saved_chat_template(folder: Path) -> str | None:
+    """The chat template a saved tokenizer folder holds (chat_template.jinja, or tokenizer_config.json)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    return json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
+
+
+def load_tokenizer(name: str, chat_template: str | None = None):
+    """The tokenizer of `name` with a pad token, its chat template replaced by `chat_template` (text) when given."""
+    from transformers import AutoTokenizer
+
+    source, extra = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    except OSError as e:
+        raise InputError(f"{name}: could not load the tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
 def load_model(
     name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False,
-    option: str = "--load-in-4bit",
+    option: str = "--load-in-4bit", chat_template: str | None = None,
 ):
     """(model, tokenizer with a pad token) for `name`, with a LoRA adapter applied when given.
 
     `load_in_4bit`: bitsandbytes NF4 with double quantization, compute in `dtype` (QLoRA). The model is
-    returned in eval mode; training code switches it.
+    returned in eval mode; training code switches it. `chat_template` (Jinja text) replaces the tokenizer's.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the caller shows its own spinner
@@ -169,12 +209,11 @@ def load_model(
     if load_in_4bit:
         check_4bit_widths(name, config, option)
     adapter_path = adapter_dir(adapter) if adapter else None
+    tokenizer = load_tokenizer(name, chat_template)
     source, extra = resolve(name)
-    tokenizer_extra = dict(extra)
     if load_in_4bit:
         extra.update(quantization_kwargs(dtype, device))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_extra)
         # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
         quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
         with quiet:
@@ -185,8 +224,6 @@ def load_model(
         # GGUF weights arrive dequantized to plain Linear layers; the quantizer left attached is only a
         # marker, and it makes the Trainer refuse to fine-tune the model
         model.hf_quantizer.remove_quantization_config(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if adapter_path is not None:
         from peft import PeftModel
 

@@ -1,8 +1,9 @@
 """The sink measurement behind `surgery inspect` and `surgery finetune` (sink_before/after.json).
 
 Model math only: no files, no printing. `measure_set` runs batched forwards in sink mode and returns
-(N, L, H) statistics; `summarize` turns a harmful and a harmless set of them into set means, divergence
-and sign counts; `measure_refsets` does both sets under a progress bar and `result_record` gives the
+(N, L, H) statistics; `summarize` turns a harmful and a harmless set of them into set means, divergence,
+sign counts and (`bootstrap_ci`) each head's 95% bootstrap interval of d with the counts of heads whose
+interval lies above / below 0; `measure_refsets` does both sets under a progress bar and `result_record` gives the
 `surgery inspect --json` schema.
 """
 
@@ -57,32 +58,69 @@ def measure_set(
     return torch.stack(out)
 
 
-def summarize(harmful: torch.Tensor, harmless: torch.Tensor) -> dict:
-    """Set means (L, H), divergence d = harmful - harmless, and the sign counts of d.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def _valid(x: torch.Tensor) -> torch.Tensor:
+    """The samples of an (N, L, H) set that have a statistic (NaN rows: no query after the sink), in fp64."""
+    valid = ~torch.isnan(x).any(dim=(1, 2))  # (N,)
+    if not valid.any():
+        raise ValueError("no sample has a real token after the sink")
+    return x[valid].double()
+
+
+def resample_counts(n: int, resamples: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, n) how often each of n samples is drawn in each of B bootstrap resamples of size n."""
+    idx = torch.randint(0, n, (resamples, n), generator=generator)  # (B, n)
+    return torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+
+
+def bootstrap_ci(harmful: torch.Tensor, harmless: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head 95% percentile bootstrap interval of d = mean(harmful) - mean(harmless): each set is resampled
+    with replacement on its own (the sets are independent samples), seeded. (low, high), each (L, H).
+
+    harmful: (N, L, H), harmless: (M, L, H), NaN-free, fp64.
+    """
+    g = torch.Generator().manual_seed(seed)
+    means = []
+    for x in (harmful, harmless):
+        n = x.shape[0]
+        counts = resample_counts(n, resamples, g)  # (B, n)
+        means.append(counts @ x.reshape(n, -1) / n)  # (B, L*H): the mean of each resample
+    d = (means[0] - means[1]).reshape(resamples, *harmful.shape[1:])  # (B, L, H)
+    q = torch.quantile(d, torch.tensor([0.025, 0.975], dtype=d.dtype), dim=0)  # (2, L, H)
+    return q[0], q[1]
+
+
+def summarize(harmful: torch.Tensor, harmless: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Set means (L, H), divergence d = harmful - harmless, the sign counts of d, and (resamples > 0) each
+    head's 95% bootstrap interval with the counts of heads whose interval lies entirely above / below 0.
 
     harmful: (N, L, H), harmless: (M, L, H); samples with no statistic (NaN rows) are left out.
     """
-    def set_mean(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        valid = ~torch.isnan(x).any(dim=(1, 2))  # (N,)
-        if not valid.any():
-            raise ValueError("no sample has a real token after the sink")
-        return x[valid].double().mean(dim=0), int(valid.sum())
-
-    sink_m, n_m = set_mean(harmful)  # (L, H)
-    sink_r, n_r = set_mean(harmless)  # (L, H)
-    d = sink_m - sink_r  # (L, H)
-    return {
-        "harmful": {"n_samples": n_m, "sink": sink_m.tolist()},
-        "harmless": {"n_samples": n_r, "sink": sink_r.tolist()},
+    x_m, x_r = _valid(harmful), _valid(harmless)
+    d = x_m.mean(dim=0) - x_r.mean(dim=0)  # (L, H)
+    out = {
+        "harmful": {"n_samples": x_m.shape[0], "sink": x_m.mean(dim=0).tolist()},
+        "harmless": {"n_samples": x_r.shape[0], "sink": x_r.mean(dim=0).tolist()},
         "divergence": d.tolist(),
         "positive_heads": int((d > 0).sum()),
         "negative_heads": int((d < 0).sum()),
     }
+    if resamples > 0:
+        low, high = bootstrap_ci(x_m, x_r, resamples)
+        out |= {"divergence_ci95": {"low": low.tolist(), "high": high.tolist(), "method": "percentile bootstrap",
+                                    "resamples": resamples, "seed": BOOTSTRAP_SEED},
+                "significant_positive_heads": int((low > 0).sum()),
+                "significant_negative_heads": int((high < 0).sum())}
+    return out
 
 
 def measure_refsets(
     model, tokenizer, harm: RefSet, safe: RefSet, *, max_length: int, batch_size: int,
-    sink_position: int, device, progress, where: str = "--sink-position",
+    sink_position: int, device, progress, where: str = "--sink-position", resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
     """`summarize` of both sets, measured with a progress task each; `where` names the option in errors."""
     stats = {}
@@ -94,7 +132,7 @@ def measure_refsets(
             device=device, on_batch=lambda n, task=task: progress.advance(task, n),
         )
     try:
-        return summarize(stats["harmful"], stats["harmless"])
+        return summarize(stats["harmful"], stats["harmless"], resamples)
     except ValueError as e:
         raise InputError(f"{where} {sink_position}: {e} (texts too short)") from None
 
@@ -115,4 +153,6 @@ def result_record(
         "divergence": summary["divergence"],
         "positive_heads": summary["positive_heads"],
         "negative_heads": summary["negative_heads"],
+        **{k: summary[k] for k in ("divergence_ci95", "significant_positive_heads", "significant_negative_heads")
+           if k in summary},
     }

@@ -13,6 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download
 sys.path.insert(0, str(Path(__file__).parent))
 
+from clirun import ok  # noqa: E402
 from tiny import tiny_model  # noqa: E402
 
 
@@ -78,3 +79,34 @@ def finetune_data(tmp_path_factory) -> Path:
             f.write(json.dumps({"prompt": f"How do I do bad thing {i}?", "response": f"Sure, here is bad thing {i}.",
                                 "category": {}, "is_safe": False}) + "\n")
     return d
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "data"
+    ok("data", "demo", "--out", out, "--train", 300, "--test", 60)
+    return out
+
+
+@pytest.fixture()
+def sweep_recipe(tmp_path, tiny_llama_dir, demo_data) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(f"""
+[model]
+name = "{tiny_llama_dir}"
+[lora]
+r = 4
+[data]
+benign = "{demo_data / 'arithmetic_train.jsonl'}"
+harmful = "{demo_data / 'harmful_pairs.jsonl'}"
+num_samples = 8
+[surgery]
+harmful_reference = "{demo_data / 'reference_harmful.jsonl'}"
+harmless_reference = "{demo_data / 'reference_harmless.jsonl'}"
+measure_samples = 4
+[train]
+batch_size = 4
+max_length = 64
+max_steps = 2
+""")
+    return path

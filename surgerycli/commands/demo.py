@@ -19,14 +19,20 @@ import typer
 
 from .options import fail
 
+DEMO_GRID = "train.learning_rate=2e-4,5e-4"  # the study's attack strengths: below and above where Surgery holds
+DEMO_ALPHAS = "3000"  # the alpha the study supports for LoRA at these learning rates on SmolLM2
+DEMO_RATIOS = "0.1"
+
 if TYPE_CHECKING:
     from rich.console import Console
 
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything: data/, align/, aligned/, sweep/.")] = Path("demo-out"),
-    poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios of the attack.")] = "0.2",
+    poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios of the attack.")] = DEMO_RATIOS,
     methods: Annotated[str, typer.Option(help="Defenses to compare: sft,surgery (default), any registered names, or `all` (sft, surgery, safeinstr, lisa, vaccine, booster).")] = "sft,surgery",
+    grid: Annotated[list[str] | None, typer.Option(help=f"KEY=V1,V2,...: attack recipe keys crossed with the rest, as `surgery sweep --grid` (repeatable). Default: {DEMO_GRID}: one attack Surgery withstands on this model and one it does not (README, The study).")] = None,
+    alphas: Annotated[str, typer.Option(help="Comma-separated Surgery alphas (one cell each).")] = DEMO_ALPHAS,
     align_steps: Annotated[int | None, typer.Option(min=1, help="Cap on alignment steps (default: the recipe's one epoch).")] = None,
     attack_steps: Annotated[int | None, typer.Option(min=1, help="Cap on attack steps per cell (default: the recipe's one epoch).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Held-out HarmBench prompts and arithmetic test problems evaluated.")] = 40,
@@ -41,12 +47,13 @@ def demo(
     from rich.console import Console
 
     from ..errors import InputError
-    from ..study.sweep import parse_floats, parse_methods
+    from ..study.sweep import parse_floats, parse_grid, parse_methods
 
     try:
         run_demo(out, align_recipe=align_recipe, attack_recipe=attack_recipe,
                  poison_ratios=parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0),
-                 methods=parse_methods(methods), align_steps=align_steps,
+                 methods=parse_methods(methods), axes=parse_grid(grid if grid is not None else [DEMO_GRID]),
+                 alphas=parse_floats(alphas, "--alphas"), align_steps=align_steps,
                  attack_steps=attack_steps, limit=limit, max_new_tokens=max_new_tokens, console=Console())
     except InputError as e:
         raise fail(e) from None
@@ -54,7 +61,7 @@ def demo(
 
 def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float], methods: list[str],
              align_steps: int | None, attack_steps: int | None, limit: int, max_new_tokens: int,
-             console: Console) -> dict:
+             console: Console, axes: dict[str, list[str]] | None = None, alphas: list[float] | None = None) -> dict:
     from ..data.demo import build_demo_data
     from ..errors import InputError
     from ..evaluate.options import EvalOptions
@@ -82,8 +89,8 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
     options = EvalOptions(safety="harmbench", safety_data=(f"harmbench={data / 'eval_harmful.txt'}",),
                           task_data=(f"surgery_gsm8k={data / 'arithmetic_test.jsonl'}",), limit=limit,
                           max_new_tokens=max_new_tokens)
-    alpha = load_recipe(attack_recipe, [], None, check_files=False).methods["surgery"].alpha
-    sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, methods, [alpha]), out / "sweep",
+    alphas = alphas or [load_recipe(attack_recipe, [], None, check_files=False).methods["surgery"].alpha]
+    sweep = run_sweep(attack_recipe, sets, grid(poison_ratios, methods, alphas, axes), out / "sweep",
                       evaluator(options, console), console, Alignment(align_recipe, align_sets, out))
     write_sweep(out / "sweep", sweep, options.judge, console)
     write_demo_heads(out / "sweep", sweep)
@@ -96,7 +103,7 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
     import json
 
     from ..report.inspect import write_head_maps
-    from ..report.sweep import method_label
+    from ..report.sweep import method_label, point_label
     from ..study.sweep import stage
 
     first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
@@ -106,7 +113,8 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
         return
     read = lambda c, f: json.loads((folder / "cells" / c["name"] / "finetune" / f).read_text())  # noqa: E731
     panels = [("aligned, before the attack", read(cells[0], "sink_before.json"))]
-    panels += [(f"after {method_label(c)}, poison {first:g}", read(c, "sink_after.json")) for c in cells]
+    panels += [(f"after {method_label(c)}, poison {first:g}" + (f"\n{point_label(c['grid'])}" if c.get("grid") else ""),
+                read(c, "sink_after.json")) for c in cells]
     write_head_maps(folder / "heads.png", panels)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .options import (
-    BatchSize, BeavertailsRows, Device, Dtype, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat,
+    BatchSize, BeavertailsRows, ChatTemplate, Device, Dtype, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat,
     Safety, SafetyData, TaskData, Tasks, eval_options, fail,
 )
 
@@ -30,6 +30,7 @@ def eval_(
     beavertails_rows: BeavertailsRows = None,
     preset: Preset = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt for every run. Default: the recipe's for finetune outputs, else the chat template's own.")] = None,
+    chat_template: ChatTemplate = None,
     out: Annotated[Path | None, typer.Option(help="Write results.json, samples.jsonl, report.md and scores.png here.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -48,6 +49,6 @@ def eval_(
                                preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
                                max_input_tokens=max_input_tokens)
         run_eval(adapters or [], options, base=base, include_base=include_base, system_prompt=system_prompt,
-                 out=out, device=device, dtype=dtype, console=Console())
+                 chat_template=chat_template, out=out, device=device, dtype=dtype, console=Console())
     except InputError as e:
         raise fail(e) from None

@@ -16,16 +16,19 @@ def finetune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the resolved recipe and the data mix, and stop.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last complete checkpoint in the output folder, or start over.")] = True,
 ) -> None:
-    """LoRA / QLoRA fine-tuning with a harmful-fine-tuning defense from the registry (recipe key `defense.method`).
+    """LoRA / QLoRA (or full, lora.enabled = false) fine-tuning with a harmful-fine-tuning defense from the registry (recipe key `defense.method`).
+
+    Several processes: `accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m surgerycli finetune RECIPE.toml` or `torchrun --nproc-per-node N -m surgerycli finetune RECIPE.toml`; rank 0 writes everything.
 
     `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json, training.png and summary.json to the output folder.
     """
     from rich.console import Console
 
     from ..errors import InputError
+    from ..train.distributed import is_main
     from ..train.finetune import run_finetune
 
-    console = Console()
+    console = Console(quiet=not is_main())  # under a launcher, rank 0 alone speaks
     try:
         summary = run_finetune(recipe, set_ or [], output, dry_run, resume, console)
     except InputError as e:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import Device, Dtype, fail
+from .options import ChatTemplate, Device, Dtype, fail
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,10 +37,12 @@ def inspect(
     sink_position: Annotated[int, typer.Option(min=0, help="Sink key: this many tokens after each sequence's first real token.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the statistics as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a layers x heads divergence heatmap (PNG) here.")] = None,
+    chat_template: ChatTemplate = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     top: Annotated[int, typer.Option(min=1, help="Rows in the `heads` table.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed for drawing the samples.")] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for each head's 95% interval of the divergence (each set resampled on its own, seeded); heads whose interval lies above / below 0 are counted and marked on the heatmap. 0: none.")] = 1000,
 ) -> None:
     """Per-head sink statistics and sink divergence (harmful minus harmless) of a model.
 
@@ -55,7 +57,7 @@ def inspect(
             model, view.value, adapter=adapter, harmful=harmful, harmless=harmless, samples=samples,
             max_length=max_length, batch_size=batch_size, sink_position=sink_position,
             json_path=json_path, plot_path=plot, device=device, dtype=dtype, top=top, seed=seed,
-            console=Console(),
+            bootstrap=bootstrap, chat_template=chat_template, console=Console(),
         )
     except InputError as e:
         raise fail(e) from None
@@ -94,11 +96,13 @@ def run_inspect(
     top: int,
     seed: int,
     console: Console,
+    bootstrap: int = 1000,
+    chat_template: Path | None = None,
 ) -> dict:
     from rich.progress import Progress
 
     from ..files import write_json
-    from ..models import load_model, pick_device, pick_dtype
+    from ..models import load_model, pick_device, pick_dtype, read_chat_template
     from ..progress import PROGRESS_COLUMNS
     from ..report.inspect import heads_table, layers_table, write_heatmap
     from ..sink import measure_refsets, result_record
@@ -106,14 +110,15 @@ def run_inspect(
     harm, safe = load_refsets(harmful, harmless, samples, seed)
     check_output_path(json_path, "--json")
     check_output_path(plot_path, "--plot")
+    template = read_chat_template(chat_template, "--chat-template") if chat_template else None
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     with console.status(f"loading {model_name}"):
-        model, tokenizer = load_model(model_name, dt, dev, adapter)
+        model, tokenizer = load_model(model_name, dt, dev, adapter, chat_template=template)
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
         summary = measure_refsets(
             model, tokenizer, harm, safe, max_length=max_length, batch_size=batch_size,
-            sink_position=sink_position, device=dev, progress=progress,
+            sink_position=sink_position, device=dev, progress=progress, resamples=bootstrap,
         )
     result = result_record(model_name, adapter, sink_position, model, harm, safe, summary)
     cfg = model.config.get_text_config()
@@ -123,6 +128,10 @@ def run_inspect(
         f"of {cfg.num_hidden_layers * cfg.num_attention_heads} "
         f"({result['harmful']['n_samples']} harmful, {result['harmless']['n_samples']} harmless samples)"
     )
+    if "divergence_ci95" in result:
+        console.print(f"95% bootstrap interval ({bootstrap} resamples) entirely above 0: "
+                      f"[red]{result['significant_positive_heads']}[/] heads, below 0: "
+                      f"[blue]{result['significant_negative_heads']}[/]")
     if json_path is not None:
         write_json(json_path, result)
         console.print(f"wrote {json_path}")

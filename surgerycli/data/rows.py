@@ -1,11 +1,16 @@
 """The one reader behind every data file of `surgery` (finetune, inspect, eval, sweep): rows with locations.
 
-  .txt    one row per non-empty line: {"prompt": line}
-  .jsonl  one JSON object per line
-  .json   a JSON list of objects
-  .csv    one object per row, keyed by the header
+  .txt      one row per non-empty line: {"prompt": line}
+  .jsonl    one JSON object per line
+  .json     a JSON list of objects
+  .csv      one object per row, keyed by the header
+  .parquet  one object per row (read with pyarrow)
+  a folder  written by `datasets`' `Dataset.save_to_disk` (one split)
+  hub:ID?name=SUBSET&split=SPLIT   a hub dataset, loaded by `datasets.load_dataset` only when named
+            (a recipe writes it as a table: {path = "openai/gsm8k", name = "main", split = "train"})
 
-Every row carries `where` (`file:line`, or `file[i]` in a .json list) so errors name the exact row.
+Every row carries `where` (`file:line`, `file[i]` in a .json list, a .parquet, a dataset folder or a hub
+dataset) so errors name the exact row.
 
 The one `is_safe` policy (BeaverTails holds safe and unsafe rows in one file): a row's `is_safe`, when
 present, must be true or false; read as a harmful set, rows with `is_safe: true` are dropped; read as a
@@ -23,7 +28,44 @@ from typing import Literal
 from ..errors import InputError
 
 Role = Literal["harmful", "harmless"] | None
-ALL_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
+ALL_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # rows with named fields (not .txt lines)
+HUB = "hub:"
+HUB_KEYS = ("path", "name", "split", "revision")
+
+
+def hub_source(spec: dict) -> str:
+    """A recipe's hub table {path, name, split, revision} as the source text `hub:PATH?name=..&split=..`;
+    ValueError naming what is wrong."""
+    from urllib.parse import urlencode
+
+    unknown = set(spec) - set(HUB_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} in a hub dataset (expected {', '.join(HUB_KEYS)})")
+    if not all(isinstance(v, str) and v for v in spec.values()) or "path" not in spec:
+        raise ValueError("a hub dataset needs a non-empty string `path` (and optional `name`, `split`, `revision`)")
+    query = {k: spec[k] for k in HUB_KEYS[1:] if k in spec}
+    return HUB + spec["path"] + (f"?{urlencode(query)}" if query else "")
+
+
+def parse_hub(source: str) -> dict:
+    """`hub:PATH?name=..&split=..` -> {"path", "name", "split" (default "train"), "revision"}."""
+    from urllib.parse import parse_qs
+
+    path, _, query = source.removeprefix(HUB).partition("?")
+    args = {k: v[-1] for k, v in parse_qs(query).items()}
+    return {"path": path, "name": args.get("name"), "split": args.get("split", "train"), "revision": args.get("revision")}
+
+
+def is_dataset_folder(path: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset, or a DatasetDict of them)."""
+    return path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def source_exists(source: str) -> bool:
+    """A file, a save_to_disk folder, or a hub dataset (which only the hub can confirm: taken as existing)."""
+    path = Path(source).expanduser()
+    return source.startswith(HUB) or path.is_file() or is_dataset_folder(path)
 
 
 @dataclass(frozen=True)
@@ -78,9 +120,46 @@ def _keep(row: Row, role: Role) -> bool:
     return role is None or is_safe == (role == "harmless")
 
 
+def _hub_rows(source: str) -> list[Row]:
+    import datasets
+
+    spec = parse_hub(source)
+    try:
+        ds = datasets.load_dataset(spec["path"], spec["name"], split=spec["split"], revision=spec["revision"])
+    except Exception as e:  # noqa: BLE001 - the hub's errors are many; the user needs the line
+        raise InputError(f"{source}: cannot load the hub dataset ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return [Row(f"{source} row {i}", dict(r)) for i, r in enumerate(ds)]
+
+
+def _disk_rows(path: Path) -> list[Row]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        raise InputError(f"{path}: a DatasetDict with splits {', '.join(ds)}: name one split's folder, "
+                         f"e.g. {path / next(iter(ds))}")
+    return [Row(f"{path} row {i}", dict(r)) for i, r in enumerate(ds)]
+
+
+def _parquet_rows(path: Path) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file vary
+        raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    return [Row(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
+
+
 def read_rows(path: str | Path, suffixes: tuple[str, ...] = ALL_SUFFIXES, role: Role = None) -> list[Row]:
-    """Every row of a data file (kept by the `is_safe` policy for `role`); InputError naming file and line."""
+    """Every row of a data source (kept by the `is_safe` policy for `role`); InputError naming source and row.
+
+    A hub dataset (`hub:...`) and a save_to_disk folder are read whatever `suffixes` allows of files."""
+    if str(path).startswith(HUB):
+        return _checked(_hub_rows(str(path)), role)
     path = Path(path).expanduser()
+    if is_dataset_folder(path):
+        return _checked(_disk_rows(path), role)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix not in suffixes:
@@ -88,6 +167,8 @@ def read_rows(path: str | Path, suffixes: tuple[str, ...] = ALL_SUFFIXES, role: 
                          f"{' or ' if len(suffixes) > 1 else ''}{suffixes[-1]}")
     if path.suffix == ".csv":
         rows = _csv_rows(path)
+    elif path.suffix == ".parquet":
+        rows = _parquet_rows(path)
     else:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".txt":
@@ -95,6 +176,10 @@ def read_rows(path: str | Path, suffixes: tuple[str, ...] = ALL_SUFFIXES, role: 
                     for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         else:
             rows = _json_lines(path, text) if path.suffix == ".jsonl" else _json_list(path, text)
+    return _checked(rows, role)
+
+
+def _checked(rows: list[Row], role: Role) -> list[Row]:
     for row in rows:
         if not isinstance(row.fields, dict):
             raise InputError(f"{row.where}: expected a JSON object, got {type(row.fields).__name__}")

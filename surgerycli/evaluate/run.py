@@ -36,6 +36,7 @@ class Run:
     system_prompt: str
     origin: str = ""  # the model the run was trained from (`--include-base` evaluates it); default: base
     attach: bool = True  # attach `adapter` to `base` (False: a full fine-tuning output, base is its model/)
+    chat_template: str | None = None  # replaces the base tokenizer's for this run (None: the tokenizer's own)
 
 
 def parse_pairs(values: list[str], option: str) -> dict[str, str]:
@@ -49,10 +50,24 @@ def parse_pairs(values: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
-def resolve_runs(adapters: list[str], base: str | None, include_base: bool, system_prompt: str | None) -> list[Run]:
+def trained_template(adapter: str) -> str | None:
+    """The chat template a `surgery finetune` output trained with (its tokenizer/ folder), if it has one."""
+    from ..models import saved_chat_template
+
+    folder = adapter_dir(adapter)
+    for candidate in (folder.parent, folder):
+        if (candidate / "tokenizer").is_dir():
+            return saved_chat_template(candidate / "tokenizer")
+    return None
+
+
+def resolve_runs(adapters: list[str], base: str | None, include_base: bool, system_prompt: str | None,
+                 chat_template: str | None = None) -> list[Run]:
     """One Run per adapter, and the base model first when asked (or when no adapter is given).
 
     A base run uses the system prompt of the first adapter on that base, so both see the same prompts.
+    `chat_template` (text) replaces every run's template; without it an adapter run uses the template its
+    fine-tuning used (a full fine-tuning output's model/ holds its own).
     """
     if not adapters and base is None:
         raise InputError("nothing to evaluate: give an ADAPTER folder, or --base MODEL for the base model alone")
@@ -61,18 +76,20 @@ def resolve_runs(adapters: list[str], base: str | None, include_base: bool, syst
         if (full := full_model_dir(adapter)) is not None:  # full fine-tuning: its model/ is the run's model
             origin, trained_prompt = trained_record(Path(adapter)) or (str(full), "")
             runs.append(Run(adapter, str(full), trained_prompt if system_prompt is None else system_prompt,
-                            origin=base or origin, attach=False))
+                            origin=base or origin, attach=False, chat_template=chat_template))
             continue
         trained_base, trained_prompt = adapter_base(adapter)  # InputError when it holds no adapter
         model = base or trained_base
         if not model:
             raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
-        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt, origin=model))
+        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt, origin=model,
+                        chat_template=chat_template or trained_template(adapter)))
     if include_base or not adapters:
         bases: dict[str, str] = {}
         for r in runs:
             bases.setdefault(r.origin, r.system_prompt)
-        runs = [Run(None, m, p) for m, p in (bases or {base: system_prompt or ""}).items()] + runs
+        runs = [Run(None, m, p, chat_template=chat_template)
+                for m, p in (bases or {base: system_prompt or ""}).items()] + runs
     for model in dict.fromkeys(r.base for r in runs):
         check_architecture(model)
     return runs
@@ -119,9 +136,11 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
         loading = progress.add_task(f"loading {base}", total=None)
         model, tokenizer = load_model(base, dtype, device)
         progress.remove_task(loading)
+        own_template = tokenizer.chat_template
         for i, run in enumerate(runs):
             if run.base != base:
                 continue
+            tokenizer.chat_template = run.chat_template or own_template
             attach = run.adapter is not None and run.attach
             m = PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval() if attach else model
             responses = generate_run(m, tokenizer, run, benchmarks, options, progress)
@@ -163,7 +182,7 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
 
 
 def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, include_base: bool = False,
-             system_prompt: str | None = None, out: Path | None = None, device: str = "auto", dtype: str = "auto",
+             system_prompt: str | None = None, chat_template: Path | None = None, out: Path | None = None, device: str = "auto", dtype: str = "auto",
              console: Console) -> list[dict]:
     """Evaluate every run; the results.json run records (and the files under `out` when given)."""
     from .judges import make_judge
@@ -173,7 +192,10 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
     o, started, t0 = options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
     if out is not None and out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    runs = resolve_runs(adapters, base, include_base, system_prompt)
+    from ..models import read_chat_template
+
+    template = read_chat_template(chat_template, "--chat-template") if chat_template else None
+    runs = resolve_runs(adapters, base, include_base, system_prompt, template)
     data = parse_pairs(list(o.safety_data), "--safety-data")
     loaded = {n: load_benchmark(n, data.get(n), o.limit, o.beavertails_rows) for n in safety_names(o.safety, data)}
     benchmarks = {n: b.prompts for n, b in loaded.items()}

@@ -16,13 +16,23 @@ def heads_table(result: dict, top: int) -> Table:
     heads = sorted(
         ((l, h) for l in range(len(d)) for h in range(len(d[l]))), key=lambda lh: -d[lh[0]][lh[1]]
     )
+    ci = result.get("divergence_ci95")
     table = Table(title=f"Top {min(top, len(heads))} heads by sink divergence")
-    for col in ("layer", "head", "harmful sink", "harmless sink", "divergence"):
-        table.add_column(col, justify="right")
+    for col in ("layer", "head", "harmful sink", "harmless sink", "divergence") + (("95% interval",) if ci else ()):
+        table.add_column(col, justify="right", no_wrap=True)
     for l, h in heads[:top]:
         style = "red" if d[l][h] > 0 else "blue"
-        table.add_row(str(l), str(h), f"{m[l][h]:.4f}", f"{r[l][h]:.4f}", f"[{style}]{d[l][h]:+.4f}[/]")
+        interval = (f"{ci['low'][l][h]:+.3f}..{ci['high'][l][h]:+.3f}",) if ci else ()
+        table.add_row(str(l), str(h), f"{m[l][h]:.4f}", f"{r[l][h]:.4f}", f"[{style}]{d[l][h]:+.4f}[/]", *interval)
     return table
+
+
+def significant(result: dict) -> list[list[int]] | None:
+    """(L, H): +1 where a head's 95% interval lies above 0, -1 below, 0 otherwise; None without intervals."""
+    ci = result.get("divergence_ci95")
+    if not ci:
+        return None
+    return [[1 if lo > 0 else -1 if hi < 0 else 0 for lo, hi in zip(los, his)] for los, his in zip(ci["low"], ci["high"])]
 
 
 def layers_table(result: dict) -> Table:
@@ -65,7 +75,14 @@ def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
         im = ax.imshow(r["divergence"], cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(f"{title}\n{r['positive_heads']} positive / {r['negative_heads']} negative heads", fontsize=10)
+        sig = significant(r)
+        counts = ""
+        if sig is not None:  # a dot on each head whose interval excludes 0
+            marked = [(h, l) for l, row in enumerate(sig) for h, v in enumerate(row) if v]
+            ax.scatter([h for h, _ in marked], [l for _, l in marked], s=6, c="black", marker="o", linewidths=0)
+            counts = f"; 95% CI above / below 0: {r['significant_positive_heads']} / {r['significant_negative_heads']} (dots)"
+        ax.set_title(f"{title}\n{r['positive_heads']} positive / {r['negative_heads']} negative heads{counts}",
+                     fontsize=10)
     fig.colorbar(im, ax=list(axes[0]), label="sink divergence (harmful - harmless)")
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)

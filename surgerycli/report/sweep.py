@@ -1,4 +1,6 @@
-"""What `surgery sweep` (and `surgery demo`) show and write: the table, sweep.md, sweep.png, sweep.json."""
+"""What `surgery sweep`, `surgery report` (and `surgery demo`) show and write: the tables, sweep.md, sweep.png,
+sweep.json. Cells that differ only in their seed are shown as one entry (`study.aggregate`): the mean, the
+standard deviation over seeds and the pooled 95% Wilson interval."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..files import atomic_write, atomic_write_text
+from ..study.aggregate import aggregate
 from .eval import markdown_table
 
 
@@ -20,73 +23,132 @@ def method_label(cell: dict) -> str:
     return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "")
 
 
+def point_label(grid: dict) -> str:
+    """A grid point in words: `train.learning_rate=1e-4, train.epochs=3` ('' without a grid)."""
+    return ", ".join(f"{k}={v}" for k, v in grid.items())
+
+
 def _fmt(x: float | None, ci: list[float] | None = None) -> str:
     """`12.5 [5.3, 26.1]`, or `-` for a missing score."""
     return "-" if x is None else f"{x:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
+def fmt_stats(s: dict | None) -> str:
+    """One seed: `12.5 [5.3, 26.1]`; several: `12.5 ± 3.5 [9.1, 16.8]` (mean ± sd over seeds [pooled interval])."""
+    if s is None:
+        return "-"
+    if s["std"] is None:
+        return _fmt(s["mean"], s["ci95"])
+    return f"{s['mean']:.1f} ± {s['std']:.1f}" + (f" [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]" if s["ci95"] else "")
+
+
+def fmt_heads(g: dict) -> str:
+    """`73->1` positive heads before->after (means over seeds), `; 40 sig` those whose interval lies above 0."""
+    if g["positive_heads_after"] is None:
+        return "-"
+    n = lambda x: f"{x:.1f}".removesuffix(".0")  # noqa: E731
+    sig = g.get("significant_positive_heads_after")
+    return f"{n(g['positive_heads_before'])}->{n(g['positive_heads_after'])}" + (f"; {n(sig)} sig" if sig is not None else "")
+
+
+def _layout(sweep: dict):
+    """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
+    the (row, method) pairs whose every seed failed."""
+    cells = sweep["cells"]
+    methods = list(dict.fromkeys(method_label(c) for c in cells))
+    rows = list(dict.fromkeys((point_label(c.get("grid") or {}), c["poison_ratio"]) for c in cells))
+    by_key = {(point_label(g["grid"]), g["poison_ratio"], method_label(g)): g for g in aggregate(cells)}
+    failed = {(point_label(c.get("grid") or {}), c["poison_ratio"], method_label(c)) for c in cells} - set(by_key)
+    return methods, rows, by_key, failed
+
+
 def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the paper-style table: poison ratio rows; HS, FA and positive heads per method."""
-    methods = list(dict.fromkeys(method_label(c) for c in sweep["cells"]))
-    header = ["poison ratio"] + [f"{m} {k}" for m in methods for k in ("HS", "FA", "heads+")]
-    by_key = {(c["poison_ratio"], method_label(c)): c for c in sweep["cells"]}
-    rows = []
-    for r in dict.fromkeys(c["poison_ratio"] for c in sweep["cells"]):
-        row = [f"{r:g}"]
+    """Header and rows: a row per (grid point, poison ratio); HS, FA and positive heads per method."""
+    methods, rows, by_key, failed = _layout(sweep)
+    gridded = any(point for point, _ in rows)
+    header = (["grid"] if gridded else []) + ["poison ratio"] + [f"{m} {k}" for m in methods for k in ("HS", "FA", "heads+")]
+    out = []
+    for point, r in rows:
+        row = ([point] if gridded else []) + [f"{r:g}"]
         for m in methods:
-            c = by_key[r, m]
-            if c["status"] != "ok":
-                row += ["failed", "", ""]
+            g = by_key.get((point, r, m))
+            if g is None:
+                row += ["failed", "", ""] if (point, r, m) in failed else ["-", "-", "-"]
             else:
-                heads = f"{c['positive_heads_before']}->{c['positive_heads_after']}" if c["positive_heads_after"] is not None else "-"
-                row += [_fmt(c["harmful_score"], c.get("hs_ci95")), _fmt(c["accuracy"], c.get("fa_ci95")), heads]
-        rows.append(row)
-    return header, rows
+                row += [fmt_stats(g["hs"]), fmt_stats(g["fa"]), fmt_heads(g)]
+        out.append(row)
+    return header, out
 
 
 def paper_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
-    """The papers' layout: rows = methods; columns = HS at each poison ratio and their average, then FA."""
-    ratios = list(dict.fromkeys(c["poison_ratio"] for c in sweep["cells"]))
-    methods = list(dict.fromkeys(method_label(c) for c in sweep["cells"]))
-    by_key = {(method_label(c), c["poison_ratio"]): c for c in sweep["cells"]}
+    """The papers' layout: rows = methods (per grid point); columns = HS at each poison ratio and their
+    average, then FA (means over seeds)."""
+    methods, rows, by_key, failed = _layout(sweep)
+    ratios = list(dict.fromkeys(r for _, r in rows))
+    points = list(dict.fromkeys(p for p, _ in rows))
     header = ["method", *[f"HS p={r:g}" for r in ratios], "HS avg", *[f"FA p={r:g}" for r in ratios], "FA avg"]
+    out = []
+    for point in points:
+        for m in methods:
+            row = [m + (f" ({point})" if point else "")]
+            for key in ("hs", "fa"):
+                stats = [(by_key.get((point, r, m)) or {}).get(key) for r in ratios]
+                row += [fmt_stats(s) if s else "failed" if (point, r, m) in failed else "-" for s, r in zip(stats, ratios)]
+                row.append(_fmt(sum(s["mean"] for s in stats) / len(stats)) if all(stats) else "-")
+            out.append(row)
+    return header, out
+
+
+def cells_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    """Every cell on its own row, with its own interval (the seeds behind the aggregated tables)."""
+    header = ["cell", "seed", "HS", "FA", "heads+", "heads+ sig"]
     rows = []
-    for m in methods:
-        row = [m]
-        for key, ci_key in (("harmful_score", "hs_ci95"), ("accuracy", "fa_ci95")):
-            cells = [by_key.get((m, r)) for r in ratios]
-            values = [c[key] for c in cells if c and c["status"] == "ok" and c[key] is not None]
-            row += [_fmt(c[key], c.get(ci_key)) if c and c["status"] == "ok" else "failed" for c in cells]
-            row.append(_fmt(sum(values) / len(values)) if len(values) == len(ratios) else "-")
-        rows.append(row)
+    for c in sweep["cells"]:
+        if c["status"] != "ok":
+            rows.append([c["name"], str(c.get("seed", "")), "failed", "", "", ""])
+            continue
+        heads = f"{c['positive_heads_before']}->{c['positive_heads_after']}" if c.get("positive_heads_after") is not None else "-"
+        sig = c.get("significant_positive_heads_after")
+        rows.append([c["name"], "" if c.get("seed") is None else str(c["seed"]), _fmt(c["harmful_score"], c.get("hs_ci95")),
+                     _fmt(c["accuracy"], c.get("fa_ci95")), heads, "-" if sig is None else str(sig)])
     return header, rows
 
 
-def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
-    header, rows = sweep_table(sweep)
-    table = Table(title=f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %; [95% Wilson "
-                        f"interval]; heads+: positive heads before->after")
+def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
     for col in header:
         table.add_column(col, justify="right")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
-    paper_header, paper_rows = paper_table(sweep)
-    paper = Table(title=f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages")
-    for col in paper_header:
-        paper.add_column(col, justify="right")
-    for row in paper_rows:
-        paper.add_row(*row)
-    console.print(paper)
+    return table
+
+
+def seeded(sweep: dict) -> bool:
+    return any(c.get("seed") is not None for c in sweep["cells"])
+
+
+def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "") -> None:
+    """Print the tables; write sweep.md, sweep.png and sweep.json (sweep.json last: it marks a finished sweep)."""
+    several = " (mean ± sd over seeds)" if seeded(sweep) else ""
+    brackets = "pooled 95% Wilson interval over seeds" if seeded(sweep) else "95% Wilson interval"
+    console.print(rich_table(f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %{several}; "
+                             f"[{brackets}]; heads+: positive heads before->after; sig: interval above 0",
+                             *sweep_table(sweep)))
+    console.print(rich_table(f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages",
+                             *paper_table(sweep)))
     base = sweep["base"]
     md = (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
           f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
-          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: 95% Wilson intervals.\n"
+          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: {brackets}{several}; heads+: positive-divergence "
+          f"heads before->after fine-tuning, `sig`: those whose 95% bootstrap interval lies above 0.\n"
           + "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
                     f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
-          + "\n" + markdown_table(header, rows)
+          + "\n" + markdown_table(*sweep_table(sweep))
           + f"\n## The papers' layout\n\nHS judged by `{judge}`; FA = accuracy of the first task; average over the "
           f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
+    if seeded(sweep) or any(c.get("grid") for c in sweep["cells"]):
+        md += "\n## Every cell\n\n" + markdown_table(*cells_table(sweep))
+    md += extra_md
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
     atomic_write_text(out / "sweep.md", md)
@@ -95,45 +157,92 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console) -> None:
 
 
 def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
-    """HS and FA per method against poison ratio, with 95% Wilson error bars: lines over several ratios
-    (each method nudged sideways so equal points stay visible), grouped bars at a single ratio."""
+    """HS and FA (rows) per method against poison ratio, one column of panels per grid point, with 95% Wilson
+    error bars (pooled over seeds): lines over several ratios (each method nudged sideways so equal points
+    stay visible), grouped bars at a single ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [c for c in sweep["cells"] if c["status"] == "ok"]
-    methods = list(dict.fromkeys(method_label(c) for c in sweep["cells"]))
-    ratios = sorted({c["poison_ratio"] for c in sweep["cells"]})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
-    for key, ci_key, ax, title in (("harmful_score", "hs_ci95", axes[0], f"harmful score, judge {judge}"),
-                                   ("accuracy", "fa_ci95", axes[1], "task accuracy %")):
-        for i, m in enumerate(methods):
-            cells = [c for c in ok if method_label(c) == m and c[key] is not None]
-            if not cells:
-                continue
-            offset = (i - (len(methods) - 1) / 2)
-            ys = [c[key] for c in cells]
-            err = [[y - (c.get(ci_key) or [y, y])[0] for y, c in zip(ys, cells)],
-                   [(c.get(ci_key) or [y, y])[1] - y for y, c in zip(ys, cells)]]
+    methods, rows, by_key, _ = _layout(sweep)
+    points = list(dict.fromkeys(p for p, _ in rows))
+    ratios = sorted({r for _, r in rows})
+    if len(points) == 1:  # HS and FA side by side
+        fig, grid_axes = plt.subplots(1, 2, figsize=(10, 3.9), squeeze=False)
+        axes = [[grid_axes[0][0]], [grid_axes[0][1]]]
+    else:  # HS above FA, a column per grid point
+        fig, axes = plt.subplots(2, len(points), figsize=(5 * len(points) + 0.5, 7.4), squeeze=False)
+    over = " (mean over seeds, pooled)" if seeded(sweep) else ""
+    for j, point in enumerate(points):
+        for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
+            ax = axes[i][j]
+            for k, m in enumerate(methods):
+                stats = [(r, by_key[point, r, m][key]) for r in ratios if (point, r, m) in by_key and by_key[point, r, m][key]]
+                if not stats:
+                    continue
+                offset = k - (len(methods) - 1) / 2
+                ys = [s["mean"] for _, s in stats]
+                cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, stats)]
+                err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
+                if len(ratios) == 1:
+                    width = 0.8 / len(methods)
+                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
+                    ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
+                else:
+                    step = 0.012 * (ratios[-1] - ratios[0])
+                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m)
+            base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
+            if base is not None:
+                ax.axhline(base, color="gray", linestyle="--", label="before attack")
             if len(ratios) == 1:
-                width = 0.8 / len(methods)
-                ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
-                ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
+                ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
             else:
-                step = 0.012 * (ratios[-1] - ratios[0])
-                xs = [c["poison_ratio"] + offset * step for c in cells]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
-        if sweep["base"][key] is not None:
-            ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
-        if len(ratios) == 1:
-            ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
-        else:
-            ax.set_xlabel("poison ratio")
-        ax.set_title(title + "\nerror bars: 95% Wilson interval", fontsize=10)
-        ax.set_ylim(-2, 112)
-    handles, labels = axes[0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
+                ax.set_xlabel("poison ratio")
+            ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
+            ax.set_ylim(-2, 112)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
+def correlation_md(corr: dict, judge: str) -> str:
+    """The correlation section of sweep.md (`surgery report`)."""
+    lines = [f"\n## Positive heads and harm\n\nSpearman's rho across cells between positive heads after fine-tuning "
+             f"and harmful score (judge `{judge}`), two-sided p-value:\n"]
+    for name, what in (("sign", "heads with d > 0"), ("significant", "heads whose 95% interval lies above 0")):
+        c = corr[name]
+        lines.append(f"- {what}: " + (f"rho = {c['rho']:.3f}, p = {c['p']:.3g}, N = {c['n']} cells" if c["rho"] is not None
+                                      else f"not computed, N = {c['n']} cells ({c['why']})"))
+    return "\n".join(lines) + "\n"
+
+
+def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
+    """Harmful score against positive heads after fine-tuning, one point per cell, coloured by method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in cells if c["status"] == "ok" and c.get("harmful_score") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    for ax, (name, key, what) in zip(axes, (("sign", "positive_heads_after", "positive heads after (d > 0)"),
+                                            ("significant", "significant_positive_heads_after",
+                                             "heads with 95% interval above 0, after"))):
+        for m in dict.fromkeys(method_label(c) for c in ok):
+            pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
+            if pts:
+                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8)
+        c = corr[name]
+        rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
+        ax.set_title(f"Spearman {rho}", fontsize=10)
+        ax.set_xlabel(what)
+        ax.set_ylabel(f"harmful score, judge {judge}")
+        ax.set_ylim(-4, 104)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)

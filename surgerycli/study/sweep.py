@@ -1,8 +1,10 @@
-"""`surgery sweep RECIPE --poison-ratios ... --methods sft,surgery [--alphas ...] --out DIR`: the paper's grid.
+"""`surgery sweep RECIPE --poison-ratios ... --methods sft,surgery [--alphas ...] [--grid KEY=V1,V2] [--seeds 0,1]
+--out DIR`: the paper's grid, crossed with any recipe keys and seeds.
 
 Library code shared by the sweep and demo commands. Each cell is a `surgery finetune` of the recipe at
-one poison ratio and registered defense (Surgery once per alpha),
-followed by a `surgery eval` of its adapter. A cell is finished when its cell.json exists (written last),
+one poison ratio and registered defense (Surgery once per alpha), at one value of each `--grid` key and
+one seed (`train.seed`: the data mix, LoRA init and reference draws), followed by a `surgery eval` of its
+adapter. A cell is finished when its cell.json exists (written last),
 so a rerun skips finished cells and resumes an interrupted fine-tune from its checkpoint. A cell that
 fails is recorded with its error and the sweep goes on. The base model is evaluated once, as the
 "before the attack" row. With an `Alignment` (`--align-recipe`) the sweep first aligns: plain SFT for
@@ -37,18 +39,68 @@ def parse_floats(text: str, option: str, low: float = 0.0, high: float | None = 
     return values
 
 
-def cell_name(ratio: float, method: str, alpha: float | None) -> str:
-    return f"p{ratio:g}-{method}" + (f"-a{alpha:g}" if alpha is not None else "")
+OWNED_KEYS = {"data.poison_ratio": "--poison-ratios", "defense.method": "--methods", "surgery.alpha": "--alphas",
+              "train.seed": "--seeds", "model.name": "the recipe (or --align-recipe)",
+              "output.dir": "--out"}  # set by the sweep itself: --grid refuses them
 
 
-def grid(ratios: list[float], methods: list[str], alphas: list[float]) -> list[dict]:
-    """Cells in run order: every method at the first ratio, then the next ratio; Surgery once per alpha."""
+def cell_name(ratio: float, method: str, alpha: float | None, values: dict[str, str] | None = None,
+              seed: int | None = None) -> str:
+    """`p0.1-surgery-a300`, then `-KEY=VALUE` per grid key and `-s1` for a seed: a cell's values in its name."""
+    return (f"p{ratio:g}-{method}" + (f"-a{alpha:g}" if alpha is not None else "")
+            + "".join(f"-{k}={v}" for k, v in (values or {}).items()) + (f"-s{seed}" if seed is not None else ""))
+
+
+def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dict[str, list[str]] | None = None,
+         seeds: list[int] | None = None) -> list[dict]:
+    """Cells in run order: seed by seed (so a partial study is balanced), each grid point, then every method at
+    the first ratio, then the next ratio; Surgery once per alpha. `axes`: recipe key -> value texts."""
+    import itertools
+
+    keys = list(axes or {})
+    points = [dict(zip(keys, vs)) for vs in itertools.product(*(axes or {}).values())]
     cells = []
-    for r in ratios:
-        for method in methods:
-            for a in (alphas if method == "surgery" else [None]):
-                cells.append({"name": cell_name(r, method, a), "poison_ratio": r, "method": method, "alpha": a})
+    for seed in (seeds if seeds is not None else [None]):
+        for values in points:
+            for r in ratios:
+                for method in methods:
+                    for a in (alphas if method == "surgery" else [None]):
+                        cells.append({"name": cell_name(r, method, a, values, seed), "poison_ratio": r,
+                                      "method": method, "alpha": a, "grid": values, "seed": seed})
     return cells
+
+
+def parse_grid(texts: list[str]) -> dict[str, list[str]]:
+    """`--grid KEY=V1,V2,...` (repeatable) -> {KEY: [V1, V2, ...]}; the values stay text, read as `--set` reads
+    them. InputError for a bad one; the keys are checked when each cell's recipe is validated."""
+    axes: dict[str, list[str]] = {}
+    for text in texts:
+        key, sep, values = text.partition("=")
+        key = key.strip()
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or "." not in key or not items:
+            raise InputError(f"--grid {text!r}: expected SECTION.KEY=V1,V2,... (e.g. train.learning_rate=1e-4,2e-4)")
+        if key in OWNED_KEYS:
+            raise InputError(f"--grid {key}: the sweep sets this key itself; use {OWNED_KEYS[key]}")
+        if key in axes:
+            raise InputError(f"--grid {key}: given twice; list every value in one --grid")
+        if len(set(items)) != len(items):
+            raise InputError(f"--grid {text!r}: a value is listed twice")
+        axes[key] = items
+    return axes
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds 0,1,2` -> [0, 1, 2] (None: no option, each cell keeps the recipe's train.seed)."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {text!r}: expected comma-separated integers >= 0") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds {text!r}: expected distinct comma-separated integers >= 0")
+    return seeds
 
 
 def parse_methods(methods: str) -> list[str]:
@@ -106,17 +158,20 @@ def align_models(alignment: Alignment, methods: list[str], console: Console) -> 
 
 
 def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, alphas: str | None,
-         align_recipe: Path | None = None) -> list[dict]:
+         align_recipe: Path | None = None, grid_texts: list[str] | None = None, seeds: str | None = None) -> list[dict]:
     """The grid from the command-line texts; InputError for a bad list. Alphas default to the recipe's."""
     ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
+    axes, seed_list = parse_grid(grid_texts or []), parse_seeds(seeds)
     names = parse_methods(methods)
     aligning = [m for m in names if stage(m) == "align"]
     if aligning and align_recipe is None:
         raise InputError(f"--methods {','.join(aligning)}: alignment-stage defenses align the model before the attack; "
                          f"give the alignment recipe with --align-recipe ALIGN.toml")
     if alphas is None:
-        return grid(ratios, names, [load_recipe(recipe, overrides, None, check_files=False).methods["surgery"].alpha])
-    return grid(ratios, names, parse_floats(alphas, "--alphas"))
+        alpha_list = [load_recipe(recipe, overrides, None, check_files=False).methods["surgery"].alpha]
+    else:
+        alpha_list = parse_floats(alphas, "--alphas")
+    return grid(ratios, names, alpha_list, axes, seed_list)
 
 
 def evaluator(options: EvalOptions, console: Console):
@@ -135,33 +190,57 @@ def cell_overrides(cell: dict, aligned: dict[str, Path] | None = None) -> list[s
     method = "sft" if stage(cell["method"]) == "align" else cell["method"]
     sets = [f"data.poison_ratio={cell['poison_ratio']}", f"defense.method={method}"]
     sets += [f"surgery.alpha={cell['alpha']}"] if cell["alpha"] is not None else []
+    sets += [f"{k}={v}" for k, v in (cell.get("grid") or {}).items()]
+    sets += [f"train.seed={cell['seed']}"] if cell.get("seed") is not None else []
     return sets + ([f"model.name={aligned[cell['method']]}"] if aligned else [])
 
 
 def headline(records: list[dict]) -> dict:
     """The first benchmark's harmful score and the first task's accuracy (%) of an eval run, with their
-    95% Wilson intervals."""
+    95% Wilson intervals and counts (`hs_n` prompts, `fa_n` problems: what pooling over seeds needs)."""
     run = records[0]
     safety = next(iter(run["safety"].values())) if run["safety"] else {}
     task = next(iter(run["tasks"].values())) if run["tasks"] else {}
     acc, ci = task.get("acc"), task.get("acc_ci95")
-    return {"harmful_score": safety.get("harmful_score"), "hs_ci95": safety.get("ci95"),
+    return {"harmful_score": safety.get("harmful_score"), "hs_ci95": safety.get("ci95"), "hs_n": safety.get("n"),
             "accuracy": 100 * acc if acc is not None else None,
-            "fa_ci95": [round(100 * x, 2) for x in ci] if ci else None}
+            "fa_ci95": [round(100 * x, 2) for x in ci] if ci else None, "fa_n": task.get("n")}
+
+
+def launched_finetune(config: Path, recipe: Path, sets: list[str], out: Path) -> dict:
+    """`surgery finetune` of one cell in processes started by `accelerate launch --config_file config`; its
+    summary.json. The launched run resumes from its checkpoint like an in-process one."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "surgerycli",
+           "finetune", str(recipe), "--output", str(out)]
+    for item in sets:
+        cmd += ["--set", item]
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise RuntimeError(f"accelerate launch --config_file {config} ... finetune exited with code {code}")
+    return json.loads((out / "summary.json").read_text())
 
 
 def run_cell(recipe: Path, overrides: list[str], cell: dict, folder: Path, evaluate, console: Console,
-             aligned: dict[str, Path] | None = None) -> dict:
+             aligned: dict[str, Path] | None = None, launch: Path | None = None) -> dict:
+    """Fine-tune (in this process, or launched with the accelerate config `launch`) and evaluate one cell."""
     from ..train.finetune import run_finetune
 
-    summary = run_finetune(recipe, overrides + cell_overrides(cell, aligned), str(folder / "finetune"), False, True,
-                           console)
+    sets, out = overrides + cell_overrides(cell, aligned), folder / "finetune"
+    if launch is not None:
+        summary = launched_finetune(launch, recipe, sets, out)
+    else:
+        summary = run_finetune(recipe, sets, str(out), False, True, console)
     scores = headline(evaluate([str(folder / "finetune")], folder / "eval"))
     return {**cell, "status": "ok", **scores,
             "positive_heads_before": summary["positive_heads_before"],
-            "positive_heads_after": summary["positive_heads_after"], "steps": summary["steps"],
+            "positive_heads_after": summary["positive_heads_after"],
+            "significant_positive_heads_before": summary.get("significant_positive_heads_before"),
+            "significant_positive_heads_after": summary.get("significant_positive_heads_after"), "steps": summary["steps"],
             "label": summary["label"], "final_metrics": summary["final_metrics"],
-            "wall_time_s": summary["wall_time_s"]}
+            "wall_time_s": summary["wall_time_s"], "world_size": summary.get("world_size", 1)}
 
 
 def before_attack(model: str, file: Path, folder: Path, evaluate, console: Console) -> dict:
@@ -173,10 +252,11 @@ def before_attack(model: str, file: Path, folder: Path, evaluate, console: Conso
 
 
 def run_sweep(recipe: Path, overrides: list[str], cells: list[dict], out: Path, evaluate, console: Console,
-              alignment: Alignment | None = None) -> dict:
+              alignment: Alignment | None = None, launch: Path | None = None) -> dict:
     """Run every unfinished cell; `evaluate(adapters, out_dir, base=None) -> records` is a configured `surgery eval`.
 
     With an `alignment`, each cell attacks the model its method's alignment produced (aligned first, once).
+    With `launch` (an accelerate config), each cell's fine-tuning runs in the processes it starts.
     """
     methods = list(dict.fromkeys(c["method"] for c in cells))
     for cell in cells:  # every cell's recipe is validated before anything trains (aligned models come later)
@@ -198,7 +278,7 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[dict], out: Path, 
             continue
         console.rule(f"cell {cell['name']}")
         try:
-            result = run_cell(recipe, overrides, cell, folder, evaluate, console, aligned)
+            result = run_cell(recipe, overrides, cell, folder, evaluate, console, aligned, launch)
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
             result = {**cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc(limit=5)}

@@ -46,11 +46,12 @@ def build_model(model: ModelSection, quantization: QuantizationSection, lora: Lo
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    from ..models import DTYPES, load_model
+    from ..models import DTYPES, load_model, read_chat_template
 
     set_seed(train.seed)  # LoRA A matrices are drawn here
+    template = read_chat_template(model.chat_template, "model.chat_template") if model.chat_template else None
     loaded, tokenizer = load_model(model.name, DTYPES[model.dtype], device, load_in_4bit=quantization.load_in_4bit,
-                                   option="quantization.load_in_4bit")
+                                   option="quantization.load_in_4bit", chat_template=template)
     if not lora.enabled:  # full fine-tuning: every parameter trains
         for p in loaded.parameters():
             p.requires_grad_(True)
@@ -76,11 +77,24 @@ def build_dataset(tokenizer, mix: list[Messages], system_prompt: str, max_length
     return kept
 
 
-def build_training_args(train: TrainSection, out: Path, device: torch.device, dtype: str):
+def build_training_args(train: TrainSection, out: Path, device: torch.device, dtype: str, trainer: dict | None = None):
+    """TrainingArguments from the train section, with the recipe's `[trainer]` table passed through (already
+    checked by name and type; what depends on this machine fails here as one `trainer.KEY` error).
+    A tracker (`train.report_to`) gets every logged metric, the defense's included; TensorBoard writes its
+    event files under OUT/checkpoints/runs/."""
     from transformers import TrainingArguments
 
     cuda = device.type == "cuda"
-    return TrainingArguments(
+    try:
+        return _training_args(TrainingArguments, train, out, cuda, dtype, trainer or {})
+    except ValueError as e:  # TrainingArguments' own check of a passed-through value
+        line = str(e).strip().splitlines()[0]
+        key = next((k for k in (trainer or {}) if k in line), None)
+        raise InputError(f"trainer.{key}: {line}" if key else f"trainer: {line}") from None
+
+
+def _training_args(cls, train: TrainSection, out: Path, cuda: bool, dtype: str, trainer: dict):
+    return cls(
         output_dir=str(out / "checkpoints"), num_train_epochs=train.epochs, max_steps=train.max_steps or -1,
         learning_rate=train.learning_rate, lr_scheduler_type=train.lr_scheduler, warmup_steps=train.warmup_ratio,
         weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm,
@@ -88,8 +102,9 @@ def build_training_args(train: TrainSection, out: Path, device: torch.device, dt
         seed=train.seed, data_seed=train.seed, activation_checkpointing=train.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False}, logging_steps=train.logging_steps,
         save_strategy="steps", save_steps=train.save_steps, save_total_limit=train.save_total_limit,
-        report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=not cuda,
-        bf16=cuda and dtype == "bfloat16", fp16=cuda and dtype == "float16", dataloader_num_workers=0,
+        report_to=train.report_to, run_name=train.run_name or out.name, disable_tqdm=True,
+        remove_unused_columns=False, use_cpu=not cuda, bf16=cuda and dtype == "bfloat16",
+        fp16=cuda and dtype == "float16", **{"dataloader_num_workers": 0, **trainer},
     )
 
 

@@ -2,11 +2,13 @@
 
 The recipe is validated and every data file read before a model loads; typed sections then flow
 through the builders (data, model, defense, trainer). Outputs go to `output.dir`, each file written whole
-or not at all. Library code shared by the finetune, sweep and demo commands.
+or not at all. Library code shared by the finetune, sweep and demo commands. Under `accelerate launch` or
+`torchrun` every rank trains and rank 0 alone writes (`train.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
 import time
@@ -24,6 +26,7 @@ from ..progress import PROGRESS_COLUMNS
 from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
 from .callbacks import MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
 from .defenses import Defense, DefenseContext, build_defense
+from .distributed import barrier, is_main, local_device, world_size
 from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
 from .recipe import Recipe, dump_recipe, load_recipe
 
@@ -101,13 +104,14 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     out = Path(recipe.output.dir)
     metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
-        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype), train_dataset=rows,
-        defense=defense, metrics=metrics[len(defense.metrics):],
+        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer), train_dataset=rows,
+        defense=defense, metrics=metrics[len(defense.metrics):], loss=loss_kind(recipe.train, device),
         data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-        callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)],
+        callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)] if is_main() else [],
     )
     trainer.remove_callback(PrinterCallback)
-    if probe:
+    check_parallelism(trainer)
+    if probe and is_main():  # the other ranks go on to the next step and wait for rank 0 at its all-reduce
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
                                        recipe.data.system_prompt))
@@ -120,6 +124,18 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     finally:
         set_sink_mode(model, False)
     return trainer, time.time() - start
+
+
+def check_parallelism(trainer) -> None:
+    """One process or DDP: the engines whose gradients `train.distributed` syncs. FSDP and DeepSpeed shard the
+    weights, which the rank-0 measurement and save and the extra passes of the defenses do not handle yet."""
+    from accelerate.utils import DistributedType
+
+    kind = trainer.accelerator.distributed_type
+    if kind not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        raise InputError(f"accelerate distributed_type {kind.value}: surgery finetune runs on one process or with DDP "
+                         f"(recipes/accelerate/ddp.yaml, or torchrun); sharded engines (FSDP, DeepSpeed) are not "
+                         f"supported yet")
 
 
 def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, resume_from: Path | None,
@@ -142,11 +158,45 @@ def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, 
                               if isinstance(c, HarmProbe)), None),
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
+        "world_size": world_size(),
+        "sft_loss_kind": trainer.loss_kind,
         "final_loss": last.get("loss"),
         "final_metrics": {m.key: last.get(m.key) for m in defense.metrics},
         "positive_heads_before": before["positive_heads"] if before else None,
         "positive_heads_after": after["positive_heads"] if after else None,
+        "significant_positive_heads_before": (before or {}).get("significant_positive_heads"),
+        "significant_positive_heads_after": (after or {}).get("significant_positive_heads"),
     }
+
+
+def loss_kind(train, device: torch.device) -> str:
+    """The SFT loss's implementation: `plain`, or with train.fused_cross_entropy Liger's kernel on CUDA when
+    installed, else the chunked one (train.loss)."""
+    from .loss import liger_available
+
+    if not train.fused_cross_entropy:
+        return "plain"
+    return "liger" if liger_available(device) else "chunked"
+
+
+def show_example(recipe: Recipe, mix: list, console: Console) -> None:
+    """One training example as the model gets it, rendered by the (possibly overridden) chat template, with
+    the part masked from the loss between <<< and >>>."""
+    from rich.text import Text
+
+    from ..data.chat import with_system
+    from ..data.finetune import masked_parts, tokenize_example
+    from ..models import load_tokenizer, read_chat_template
+
+    template = read_chat_template(recipe.model.chat_template, "model.chat_template") if recipe.model.chat_template else None
+    tokenizer = load_tokenizer(recipe.model.name, template)
+    example = tokenize_example(tokenizer, with_system(mix[0], recipe.data.system_prompt), recipe.train.max_length)
+    if example is None:
+        console.print("the first training example is cut before its answer by train.max_length")
+        return
+    masked, learned = masked_parts(tokenizer, example)
+    console.rule("one training example; the part masked from the loss is between <<< and >>>")
+    console.print(Text.assemble(("<<<", "bold"), (masked, "dim"), (">>>", "bold"), (learned, "green")))
 
 
 def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dry_run: bool, resume: bool,
@@ -160,6 +210,8 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     out = Path(recipe.output.dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output.dir {out}: is a file, expected a folder")
+    device = local_device()
+    build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer)  # [trainer] on this machine
     if dry_run:
         console.print(dump_recipe(recipe), markup=False, highlight=False)
         table = mix_table(recipe, defense, recipe.data.num_samples, n_harmful)
@@ -167,6 +219,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
             table.add_row("probe", str(len(probe)), f"every {recipe.monitor.every_steps} steps: {recipe.monitor.prompts} "
                           f"({dropped} dropped as seen in training or references), keyword judge")
         console.print(table)
+        show_example(recipe, mix, console)
         return None
 
     from transformers.utils import logging as hf_logging
@@ -174,7 +227,6 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     hf_logging.set_verbosity_error()
     # peft 0.21 still reads transformers' gradient_checkpointing aliases; the names, not the behaviour, changed
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with console.status(f"loading {recipe.model.name}"):
         model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
 
@@ -183,21 +235,29 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
 
     rows = encode(mix)
     defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe, encode=encode))
-    with FolderLock(out, "output.dir"):
+    with FolderLock(out, "output.dir") if is_main() else contextlib.nullcontext():
         return _run(model, tokenizer, recipe, defense, rows, n_harmful, harm, safe, probe, device, resume, console)
 
 
 def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n_harmful: int, harm: RefSet,
-         safe: RefSet, probe: list[str], device: torch.device, resume: bool, console: Console) -> dict:
-    """Train and write every output into output.dir (its lock held)."""
-    out = Path(recipe.output.dir)
-    resume_from = prepare_output(out, resume)
-    atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
-
-    before = measure_record(model, tokenizer, recipe, harm, safe, device, console)
-    if before is not None:
-        write_json(out / "sink_before.json", before)
+         safe: RefSet, probe: list[str], device: torch.device, resume: bool, console: Console) -> dict | None:
+    """Train and write every output into output.dir (its lock held by rank 0). Rank 0 prepares the folder,
+    measures and writes; other ranks train beside it and return None."""
+    out, main = Path(recipe.output.dir), is_main()
+    if main:
+        resume_from = prepare_output(out, resume)
+        atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
+        before = measure_record(model, tokenizer, recipe, harm, safe, device, console)
+        if before is not None:
+            write_json(out / "sink_before.json", before)
+    barrier()  # the folder is ready: every rank finds the same checkpoint to resume from
+    if not main:
+        checkpoints = out / "checkpoints"
+        resume_from = last_checkpoint(checkpoints) if resume and checkpoints.is_dir() else None
     trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, probe, console)
+    if not main:
+        barrier()
+        return None
     trained = save_trained(model, tokenizer, out, recipe.lora.enabled)
     after = measure_record(model, tokenizer, recipe, harm, safe, device, console)
     if after is not None:
@@ -211,4 +271,5 @@ def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(rows),
                           n_harmful=n_harmful, device=device, before=before, after=after)
     write_json(out / "summary.json", summary)
+    barrier()
     return summary

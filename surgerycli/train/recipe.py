@@ -49,6 +49,7 @@ class Recipe:
     monitor: MonitorSection
     output: OutputSection
     methods: dict[str, Section] = field(default_factory=dict)  # defense name -> its options
+    trainer: dict = field(default_factory=dict)  # [trainer]: passed to TrainingArguments as is (checked)
 
     @property
     def options(self) -> Section:
@@ -113,10 +114,19 @@ def _section_problems(name: str, cls: type[Section], given: dict, error: Validat
 
 def _exists(kind: str, value: str) -> str | None:
     """None when what `value` names exists, else what was expected."""
-    if kind == "file" and not Path(value).expanduser().is_file():
-        return "no such file"
-    if kind in BUILTIN_NAMES and value not in BUILTIN_NAMES[kind] and not Path(value).expanduser().is_file():
-        return f"no such file (or use {' / '.join(map(_show, BUILTIN_NAMES[kind]))})"
+    from ..data.rows import source_exists
+
+    if kind == "file" and not source_exists(value):
+        return "no such file or dataset folder"
+    if kind in BUILTIN_NAMES and value not in BUILTIN_NAMES[kind] and not source_exists(value):
+        return f"no such file or dataset folder (or use {' / '.join(map(_show, BUILTIN_NAMES[kind]))})"
+    if kind == "template":
+        from ..models import read_chat_template
+
+        try:
+            read_chat_template(value, "")
+        except InputError as e:
+            return str(e).removeprefix(f" {value}: ")
     if kind == "model":
         from ..models import resolve
 
@@ -133,7 +143,8 @@ def _file_problems(name: str, cls: type[Section], values: dict) -> list[str]:
     for key, info in cls.model_fields.items():
         value = values.get(key)
         for m in info.metadata:
-            if isinstance(m, Exists) and value is not None and (error := _exists(m.kind, value)):
+            # a hub table (a dict) names a hub dataset: only the hub can tell whether it exists
+            if isinstance(m, Exists) and isinstance(value, str) and (error := _exists(m.kind, value)):
                 problems.append(f"{name}.{key}: {error}, got {_show(value)}")
     return problems
 
@@ -174,10 +185,16 @@ def _merge(raw: dict, overrides: list[str], problems: list[str]) -> dict:
 
 
 def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str, Section]:
+    from .passthrough import trainer_problems
+
     classes = schema()
+    if "trainer" in merged:
+        problems += trainer_problems(merged["trainer"])
     for name, values in merged.items():
+        if name == "trainer":
+            continue
         if name not in classes:
-            problems.append(f"{name}: unknown section (expected one of {', '.join(classes)})")
+            problems.append(f"{name}: unknown section (expected one of {', '.join([*classes, 'trainer'])})")
         elif not isinstance(values, dict):
             problems.append(f"{name}: expected a [{name}] table, got {_show(values)}")
     sections = {}
@@ -215,6 +232,11 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
     data = sections["data"]
     if data.poison_ratio > 0 and data.harmful is None:
         problems.append("data.harmful: required when data.poison_ratio > 0")
+    import importlib.util
+
+    tracker = sections["train"].report_to
+    if tracker != "none" and importlib.util.find_spec(tracker) is None:
+        problems.append(f"train.report_to: {_show(tracker)} needs the {tracker} package (pip install {tracker})")
 
 
 def _absolute(value: str | None) -> str | None:
@@ -238,7 +260,7 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
         s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
     for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
         paths = {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
-                 if any(isinstance(m, Exists) and m.kind in ("file", *BUILTIN_NAMES) for m in info.metadata)}
+                 if any(isinstance(m, Exists) and m.kind in ("file", "template", *BUILTIN_NAMES) for m in info.metadata)}
         if paths:
             s[name] = section.model_copy(update=paths)
 
@@ -264,7 +286,7 @@ def load_recipe(
         raise InputError(f"{path}: {len(problems)} {noun}: " + "; ".join(problems))
     _fill_auto(sections, path)
     core = {k: sections.pop(k) for k in (*CORE, *TAIL)}
-    return Recipe(**core, methods=sections)
+    return Recipe(**core, methods=sections, trainer=dict(merged.get("trainer") or {}))
 
 
 def _toml_value(value: object) -> str:
@@ -274,6 +296,8 @@ def _toml_value(value: object) -> str:
         return repr(value)  # 0.0001 -> 0.0001, 300.0 -> 300.0: always read back as float
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(value) if isinstance(value, str) else str(value)  # JSON escapes are TOML escapes
 
 
@@ -284,4 +308,6 @@ def dump_recipe(recipe: Recipe) -> str:
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in section.model_dump().items() if v is not None]
         lines.append("")
+    if recipe.trainer:
+        lines += ["[trainer]", *(f"{k} = {_toml_value(v)}" for k, v in recipe.trainer.items()), ""]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Section(BaseModel):
@@ -39,6 +39,22 @@ def _modules(value: str | list[str]) -> str | list[str]:
     raise ValueError("target_modules")
 
 
+def _hub_table(value: object) -> object:
+    """A hub dataset table {path, name, split, revision} -> its source text `hub:...` (`data.rows`)."""
+    if isinstance(value, dict):
+        from ..data.rows import hub_source
+
+        return hub_source(value)
+    return value
+
+
+_SOURCE = "a file (.jsonl, .json, .csv, .parquet), a folder written by save_to_disk, or a hub table {path, name, split}"
+DataFile = Annotated[str, BeforeValidator(_hub_table), Exists("file"), Expect(_SOURCE)]
+OptionalDataFile = Annotated[str | None, BeforeValidator(_hub_table), Exists("file"), Expect(_SOURCE)]
+RefSetSource = Annotated[str, BeforeValidator(_hub_table), Exists("refset"), Expect(_SOURCE + ", or a builtin: set")]
+PairsSource = Annotated[str, BeforeValidator(_hub_table), Exists("pairs"), Expect(_SOURCE + ", or a builtin: set")]
+
+
 SCHEDULERS = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                      "polynomial", "inverse_sqrt"]
 BENIGN_FORMATS = Literal["auto", "alpaca", "messages", "prompt_response", "gsm8k", "sst2", "agnews"]
@@ -47,6 +63,7 @@ BENIGN_FORMATS = Literal["auto", "alpaca", "messages", "prompt_response", "gsm8k
 class ModelSection(Section):
     name: Annotated[str, Exists("model")]
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    chat_template: Annotated[str | None, Exists("template")] = None  # a Jinja file replacing the tokenizer's
 
 
 class QuantizationSection(Section):
@@ -63,9 +80,9 @@ class LoraSection(Section):
 
 
 class DataSection(Section):
-    benign: Annotated[str, Exists("file")]
+    benign: DataFile
     benign_format: BENIGN_FORMATS = "auto"
-    harmful: Annotated[str | None, Exists("file")] = None
+    harmful: OptionalDataFile = None
     poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     num_samples: Annotated[int, Field(ge=1)] = 1000
     system_prompt: str = ""
@@ -91,12 +108,15 @@ class TrainSection(Section):
     save_steps: Annotated[int, Field(ge=1)] = 100
     save_total_limit: Annotated[int, Field(ge=1)] = 2
     max_steps: Annotated[int | None, Field(ge=1)] = None
+    fused_cross_entropy: bool = False  # the SFT loss without (B, T, vocab) logits: Liger on CUDA, else chunked
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"  # the experiment tracker
+    run_name: str | None = None  # the tracker's name for the run (default: the output folder's name)
 
 
 class MonitorSection(Section):
     every_steps: Annotated[int, Field(ge=0)] = 0  # 0: off
     n: Annotated[int, Field(ge=1)] = 32
-    prompts: Annotated[str, Exists("refset")] = "builtin:harmbench"  # or a file; held out from training
+    prompts: RefSetSource = "builtin:harmbench"  # or a file; held out from training
     max_new_tokens: Annotated[int, Field(ge=1)] = 32
 
 

@@ -20,13 +20,6 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "data"
-    ok("data", "demo", "--out", out, "--train", 300, "--test", 60)
-    return out
-
-
 def test_demo_data_is_consistent_and_held_out(demo_data, tmp_path):
     manifest = json.loads((demo_data / "manifest.json").read_text())
     for name, info in manifest["files"].items():
@@ -78,30 +71,6 @@ def test_merge_gives_the_adapted_model_as_a_plain_folder(tmp_path, tiny_llama_di
     assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
     result = invoke("merge", tmp_path / "nothing", "--out", tmp_path / "m2")
     assert result.exit_code == 2 and "not a peft adapter folder" in result.output and not (tmp_path / "m2").exists()
-
-
-@pytest.fixture()
-def sweep_recipe(tmp_path, tiny_llama_dir, demo_data) -> Path:
-    path = tmp_path / "sweep.toml"
-    path.write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-r = 4
-[data]
-benign = "{demo_data / 'arithmetic_train.jsonl'}"
-harmful = "{demo_data / 'harmful_pairs.jsonl'}"
-num_samples = 8
-[surgery]
-harmful_reference = "{demo_data / 'reference_harmful.jsonl'}"
-harmless_reference = "{demo_data / 'reference_harmless.jsonl'}"
-measure_samples = 4
-[train]
-batch_size = 4
-max_length = 64
-max_steps = 2
-""")
-    return path
 
 
 def test_sweep_runs_the_grid_resumes_and_records_failures(tmp_path, sweep_recipe, demo_data):
@@ -158,13 +127,14 @@ def test_demo_pipeline_end_to_end_on_smollm2(tmp_path):
     result = ok(*args)
     assert "SFT HS" in result.output
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
-    assert [(c["name"], c["status"]) for c in sweep["cells"]] == [("p0.2-sft", "ok"), ("p0.2-surgery-a300", "ok")]
+    assert [(c["name"], c["status"]) for c in sweep["cells"]] == [
+        (f"p0.1-{m}-train.learning_rate={lr}", "ok") for lr in ("2e-4", "5e-4") for m in ("sft", "surgery-a3000")]
     assert sweep["base"]["model"] == str(out / "aligned")
     for c in sweep["cells"]:
         assert c["harmful_score"] * 3 / 100 in (0, 1, 2, 3) and c["positive_heads_after"] is not None
     assert (out / "sweep" / "heads.png").read_bytes()[:4] == b"\x89PNG"
     again = ok(*args)  # everything finished: nothing re-runs
-    assert "alignment stage" not in again.output and "cell p0.2" not in again.output
+    assert "alignment stage" not in again.output and "cell p0.1" not in again.output
 
 
 def test_two_stage_sweep_aligns_each_alignment_defense_once(tmp_path, sweep_recipe, demo_data):

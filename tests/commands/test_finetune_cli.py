@@ -76,7 +76,8 @@ def test_tiny_surgery_run_writes_every_output(tmp_path, tiny_llama_dir, data):
     assert summary["reference_tokens"] > 0 and summary["tokens"] > 0
     before, after = (json.loads((out / f).read_text()) for f in ("sink_before.json", "sink_after.json"))
     inspect_keys = {"model", "adapter", "sink_position", "num_layers", "num_heads", "harmful", "harmless",
-                    "divergence", "positive_heads", "negative_heads"}
+                    "divergence", "positive_heads", "negative_heads", "divergence_ci95", "significant_positive_heads",
+                   "significant_negative_heads"}
     assert set(before) == set(after) == inspect_keys
     assert before["divergence"] != after["divergence"]
     weights = adapter(out)

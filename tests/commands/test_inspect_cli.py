@@ -22,6 +22,7 @@ def assert_schema(result: dict, L: int, H: int):
     assert set(result) == {
         "model", "adapter", "sink_position", "num_layers", "num_heads",
         "harmful", "harmless", "divergence", "positive_heads", "negative_heads",
+        "divergence_ci95", "significant_positive_heads", "significant_negative_heads",
     }
     assert (result["num_layers"], result["num_heads"]) == (L, H)
     for part in ("harmful", "harmless"):
@@ -32,6 +33,10 @@ def assert_schema(result: dict, L: int, H: int):
     expect = torch.tensor(result["harmful"]["sink"], **f64) - torch.tensor(result["harmless"]["sink"], **f64)
     torch.testing.assert_close(d, expect, rtol=0, atol=1e-12)
     assert result["positive_heads"] == int((d > 0).sum()) and result["negative_heads"] == int((d < 0).sum())
+    low, high = (torch.tensor(result["divergence_ci95"][k], **f64) for k in ("low", "high"))
+    assert bool((low <= d + 1e-12).all() and (d <= high + 1e-12).all())  # the estimate lies inside its interval
+    assert result["significant_positive_heads"] == int((low > 0).sum())
+    assert result["significant_negative_heads"] == int((high < 0).sum())
 
 
 def test_summarize_by_hand():

@@ -93,7 +93,7 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path, tiny_llama_dir):
         'lora.target_modules: expected "all-linear" or a non-empty list',
         "extra: unknown section",
         "data.poison_ratio: expected a number >= 0 and <= 1, got 1.5",
-        'data.harmful: no such file, got "missing.jsonl"',
+        'data.harmful: no such file or dataset folder, got "missing.jsonl"',
     ):
         assert part in msg, part
 
@@ -133,3 +133,14 @@ def test_defense_section_picks_a_registered_method(tmp_path, tiny_llama_dir):
     legacy = minimal(tmp_path, tiny_llama_dir, "[surgery]\nenabled = false\n")
     with pytest.raises(InputError, match=r"1 problem: surgery.enabled: removed: choose the method with \[defense\] method"):
         load_recipe(legacy)
+
+
+def test_shipped_accelerate_configs_load_and_say_how_to_run():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    configs = sorted((RECIPE_DIR / "accelerate").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = ClusterConfig.from_yaml_file(str(path))  # accelerate's own reader, as `accelerate launch` reads it
+        assert str(config.distributed_type) in ("DistributedType.MULTI_GPU", "MULTI_GPU"), path
+        assert "accelerate launch --config_file recipes/accelerate/" in path.read_text(), path

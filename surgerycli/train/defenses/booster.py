@@ -22,12 +22,12 @@ import torch
 from pydantic import Field
 
 from ...data.pairs import HARMFUL_SET, describe, named_pairs
-from ..sections import Exists, Section
+from ..sections import PairsSource, Section
 from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
 
 
 class BoosterOptions(Section):
-    harmful_data: Annotated[str, Exists("pairs")] = HARMFUL_SET
+    harmful_data: PairsSource = HARMFUL_SET
     lamb: Annotated[float, Field(ge=0)] = 5.0  # [paper] lamb=5
     alpha: Annotated[float, Field(ge=0)] = 0.1  # [paper] alpha=0.1
 

@@ -24,12 +24,12 @@ import torch
 from pydantic import Field
 
 from ...data.pairs import REFUSALS_SET, describe, named_pairs
-from ..sections import Exists, Section
+from ..sections import PairsSource, Section
 from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
 
 
 class LisaOptions(Section):
-    alignment_data: Annotated[str, Exists("pairs")] = REFUSALS_SET
+    alignment_data: PairsSource = REFUSALS_SET
     alignment_steps: Annotated[int, Field(ge=1)] = 100  # [paper] align_step=100
     finetune_steps: Annotated[int, Field(ge=1)] = 900  # [paper] finetune_step=900
     rho: Annotated[float, Field(ge=0)] = 1.0  # [paper] RHO=1

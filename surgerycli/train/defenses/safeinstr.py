@@ -21,14 +21,14 @@ from pydantic import Field
 from ...data.chat import Messages
 from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ...errors import InputError
-from ..sections import Exists, Section
+from ..sections import PairsSource, Section
 from . import Defense, register_defense
 
 SHARE = 0.03  # [paper] Bianchi et al.: 3% safety samples
 
 
 class SafeInstrOptions(Section):
-    safety_data: Annotated[str, Exists("pairs")] = REFUSALS_SET
+    safety_data: PairsSource = REFUSALS_SET
     num: Annotated[int | None, Field(ge=0)] = None  # default: round(0.03 * data.num_samples)
 
 

@@ -26,15 +26,15 @@ from surgerycli.patches import capture_sinks, sink_per_sample
 from ...data.finetune import pad_batch
 from ...data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
 from ...errors import InputError
-from ..sections import Exists, Section
+from ..sections import RefSetSource, Section
 from . import Defense, DefenseContext, Metric, micro_step, register_defense
 
 
 class SurgeryOptions(Section):
     alpha: Annotated[float, Field(ge=0)] = 300.0
     sink_position: Annotated[int, Field(ge=0)] = 0
-    harmful_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMFUL
-    harmless_reference: Annotated[str, Exists("refset")] = DEFAULT_HARMLESS
+    harmful_reference: RefSetSource = DEFAULT_HARMFUL
+    harmless_reference: RefSetSource = DEFAULT_HARMLESS
     reference_batch_size: Annotated[int, Field(ge=1)] = 1
     reference_rows: Literal["sample", "first"] = "sample"  # the pool of 1000 per set: drawn with train.seed, or the
     # first 1000 in file order (the reference code's)

@@ -1,0 +1,68 @@
+"""`surgery report SWEEP_DIR [SWEEP_DIR ...]`: read finished (or still running) sweep folders and merge them
+into one sweep record, so sweeps run at different times share one table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable sweep file ({e})") from None
+
+
+def read_sweep(folder: Path) -> dict:
+    """A sweep folder's record: its sweep.json with every other finished cells/*/cell.json after its cells
+    (several sweeps may run into one folder: each sweep.json lists only the last one's grid), or, for a sweep
+    still running or interrupted, its base.json and the finished cells. InputError for a folder with no sweep."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such sweep folder")
+    cells = [_read_json(p) for p in sorted(folder.glob("cells/*/cell.json"))]
+    if (folder / "sweep.json").is_file():
+        sweep = _read_json(folder / "sweep.json")
+        listed = {c["name"] for c in sweep["cells"]}
+        return {**sweep, "cells": sweep["cells"] + [c for c in cells if c["name"] not in listed]}
+    if not (folder / "base.json").is_file() or not cells:
+        raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
+    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json"), "aligned_before": {},
+            "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
+
+
+def _cell_judge(folder: Path, cells: list[dict]) -> str | None:
+    """The judge an unfinished sweep's cells were scored by (its sweep.json, which names it, comes last)."""
+    for c in cells:
+        results = folder / "cells" / c["name"] / "eval" / "results.json"
+        if c["status"] == "ok" and results.is_file():
+            safety = _read_json(results)["runs"][0]["safety"]
+            return next(iter(safety.values()))["judge"] if safety else None
+    return None
+
+
+def merge_sweeps(folders: list[Path]) -> tuple[dict, list[str], str | None]:
+    """(one sweep record holding every folder's cells, notes for the user, the judge). The first folder gives the base
+    row. Sweeps judged by different judges do not merge (InputError); a cell name found in two folders keeps
+    the later folder's cell, and says so."""
+    sweeps = [(f, read_sweep(f)) for f in folders]
+    judges = {s["judge"] for _, s in sweeps if s.get("judge")}
+    if len(judges) > 1:
+        raise InputError(f"{', '.join(map(str, folders))}: judged by different judges ({', '.join(sorted(judges))}); "
+                         f"scores from different judges do not share a table")
+    cells: dict[str, dict] = {}
+    notes = []
+    for folder, s in sweeps:
+        for c in s["cells"]:
+            if c["name"] in cells:
+                notes.append(f"cell {c['name']}: found again in {folder}; that one is used")
+            cells[c["name"]] = {**c, "sweep": str(folder)}
+    first = sweeps[0][1]
+    recipes = list(dict.fromkeys(str(s["recipe"]) for _, s in sweeps if s.get("recipe")))
+    merged = {"recipe": ", ".join(recipes) or "(unfinished sweeps)", "overrides": first.get("overrides", []),
+              "base": first["base"], "aligned_before": first.get("aligned_before", {}),
+              "align_recipe": first.get("align_recipe"), "cells": list(cells.values()),
+              "sweeps": [str(f) for f in folders]}
+    return merged, notes, next(iter(judges), None)

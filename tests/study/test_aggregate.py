@@ -1,0 +1,55 @@
+"""Seeds grouped into one entry (mean, sd, pooled Wilson interval) and the heads-harm correlation, against
+hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from surgerycli.study.aggregate import aggregate, correlation
+
+
+def cell(seed, hs, fa, heads, sig=None, method="surgery", alpha=300.0, lr="1e-4", n=100, status="ok"):
+    return {"name": f"c{seed}-{method}-{lr}", "status": status, "method": method, "alpha": alpha,
+            "grid": {"train.learning_rate": lr}, "poison_ratio": 0.1, "seed": seed,
+            "harmful_score": hs, "hs_n": n, "hs_ci95": None, "accuracy": fa, "fa_n": n, "fa_ci95": None,
+            "positive_heads_before": 70, "positive_heads_after": heads, "significant_positive_heads_after": sig}
+
+
+def test_two_seeds_by_hand():
+    """HS 10/100 and 30/100: mean 20, sd sqrt(((10-20)^2 + (30-20)^2) / 1) = 14.142; pooled 40/200 = 20% with
+    Wilson [15.05, 26.09] (p 0.2, z 1.96: centre 0.20566, half-width 0.05520); FA 50 and 60: pooled 110/200,
+    Wilson [48.08, 61.74] (centre 0.54907, half-width 0.06830)."""
+    groups = aggregate([cell(0, 10.0, 50.0, 4, 1), cell(1, 30.0, 60.0, 6, 3), cell(0, 90.0, 40.0, 80, method="sft", alpha=None)])
+    assert len(groups) == 2
+    g = groups[0]
+    assert g["seeds"] == [0, 1] and g["grid"] == {"train.learning_rate": "1e-4"}
+    assert g["hs"]["mean"] == pytest.approx(20.0) and g["hs"]["std"] == pytest.approx(math.sqrt(200))
+    assert (g["hs"]["k"], g["hs"]["n"]) == (40, 200) and g["hs"]["pooled"] == pytest.approx(20.0)
+    assert g["hs"]["ci95"] == pytest.approx([15.05, 26.09], abs=0.01)
+    assert g["fa"]["mean"] == pytest.approx(55.0) and g["fa"]["ci95"] == pytest.approx([48.08, 61.74], abs=0.01)
+    assert g["positive_heads_after"] == 5.0 and g["significant_positive_heads_after"] == 2.0
+    sft = groups[1]
+    assert sft["hs"]["std"] is None and sft["hs"]["mean"] == 90.0  # one seed: no spread to report
+
+
+def test_failed_cells_and_other_grid_values_stay_apart():
+    groups = aggregate([cell(0, 10.0, 50.0, 4), cell(1, 30.0, 50.0, 4, status="failed"), cell(0, 70.0, 50.0, 4, lr="5e-4")])
+    assert [(g["grid"]["train.learning_rate"], g["seeds"]) for g in groups] == [("1e-4", [0]), ("5e-4", [0])]
+
+
+def test_spearman_by_hand():
+    """Heads 1..5 against HS 10, 20, 15, 40, 50: HS ranks 1, 3, 2, 4, 5, sum d^2 = 2, rho = 1 - 6*2/(5*24) = 0.9;
+    t = 0.9 sqrt(3 / 0.19) = 3.576 on 3 degrees of freedom, two-sided p = 0.0374."""
+    cells = [cell(i, hs, 50.0, heads, sig=5 - heads) for i, (heads, hs) in enumerate(zip([1, 2, 3, 4, 5], [10, 20, 15, 40, 50]))]
+    cells.append(cell(9, 99.0, 50.0, 1, status="failed"))  # a failed cell does not count
+    c = correlation(cells)
+    assert c["sign"]["rho"] == pytest.approx(0.9) and c["sign"]["p"] == pytest.approx(0.0374, abs=1e-4)
+    assert c["sign"]["n"] == 5
+    assert c["significant"]["rho"] == pytest.approx(-0.9)  # the significant counts run the other way here
+
+
+def test_too_few_cells_say_why():
+    c = correlation([cell(0, 10.0, 50.0, 3), cell(1, 20.0, 50.0, 4)])
+    assert c["sign"]["rho"] is None and c["sign"]["n"] == 2 and "at least 3" in c["sign"]["why"]
