@@ -26,7 +26,8 @@ def report(
 
     from ..errors import InputError
     from ..files import atomic_write_text
-    from ..report.sweep import correlation_md, write_correlation_plot, write_sweep
+    from ..report.sweep import correlation_md, write_sweep
+    from ..report.sweep_plot import write_correlation_plot
     from ..study.aggregate import correlation
     from ..study.collect import merge_sweeps
 

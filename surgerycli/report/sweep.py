@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
 from ..study.aggregate import aggregate
 from .eval import markdown_table
 
@@ -51,7 +51,7 @@ def fmt_heads(g: dict) -> str:
     return f"{n(g['positive_heads_before'])}->{n(g['positive_heads_after'])}" + (f"; {n(sig)} sig" if sig is not None else "")
 
 
-def _layout(sweep: dict):
+def layout(sweep: dict):
     """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
     the (row, method) pairs whose every seed failed."""
     cells = sweep["cells"]
@@ -64,7 +64,7 @@ def _layout(sweep: dict):
 
 def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows: a row per (grid point, poison ratio); HS, FA and positive heads per method."""
-    methods, rows, by_key, failed = _layout(sweep)
+    methods, rows, by_key, failed = layout(sweep)
     gridded = any(point for point, _ in rows)
     header = (["grid"] if gridded else []) + ["poison ratio"] + [f"{m} {k}" for m in methods for k in ("HS", "FA", "heads+")]
     out = []
@@ -83,7 +83,7 @@ def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
 def paper_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
     """The papers' layout: rows = methods (per grid point); columns = HS at each poison ratio and their
     average, then FA (means over seeds)."""
-    methods, rows, by_key, failed = _layout(sweep)
+    methods, rows, by_key, failed = layout(sweep)
     ratios = list(dict.fromkeys(r for _, r in rows))
     points = list(dict.fromkeys(p for p, _ in rows))
     header = ["method", *[f"HS p={r:g}" for r in ratios], "HS avg", *[f"FA p={r:g}" for r in ratios], "FA avg"]
@@ -95,7 +95,8 @@ def paper_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
                 stats = [(by_key.get((point, r, m)) or {}).get(key) for r in ratios]
                 row += [fmt_stats(s) if s else "failed" if (point, r, m) in failed else "-" for s, r in zip(stats, ratios)]
                 row.append(_fmt(sum(s["mean"] for s in stats) / len(stats)) if all(stats) else "-")
-            out.append(row)
+            if any(x != "-" for x in row[1:]):  # a method not run at this grid point gets no row
+                out.append(row)
     return header, out
 
 
@@ -139,7 +140,10 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
     base = sweep["base"]
     md = (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
           f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
-          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. Brackets: {brackets}{several}; heads+: positive-divergence "
+          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. "
+          + ("Entries: mean ± sd over seeds (a single seed: its value), then the 95% Wilson interval pooled over "
+             "every seed's prompts in brackets" if seeded(sweep) else "Brackets: 95% Wilson intervals")
+          + "; heads+: positive-divergence "
           f"heads before->after fine-tuning, `sig`: those whose 95% bootstrap interval lies above 0.\n"
           + "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
                     f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
@@ -152,60 +156,10 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
     atomic_write_text(out / "sweep.md", md)
+    from .sweep_plot import write_sweep_plot
+
     write_sweep_plot(out / "sweep.png", sweep, judge)
     atomic_write_text(out / "sweep.json", json.dumps({**sweep, "judge": judge}, indent=1) + "\n")
-
-
-def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
-    """HS and FA (rows) per method against poison ratio, one column of panels per grid point, with 95% Wilson
-    error bars (pooled over seeds): lines over several ratios (each method nudged sideways so equal points
-    stay visible), grouped bars at a single ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods, rows, by_key, _ = _layout(sweep)
-    points = list(dict.fromkeys(p for p, _ in rows))
-    ratios = sorted({r for _, r in rows})
-    if len(points) == 1:  # HS and FA side by side
-        fig, grid_axes = plt.subplots(1, 2, figsize=(10, 3.9), squeeze=False)
-        axes = [[grid_axes[0][0]], [grid_axes[0][1]]]
-    else:  # HS above FA, a column per grid point
-        fig, axes = plt.subplots(2, len(points), figsize=(5 * len(points) + 0.5, 7.4), squeeze=False)
-    over = " (mean over seeds, pooled)" if seeded(sweep) else ""
-    for j, point in enumerate(points):
-        for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
-            ax = axes[i][j]
-            for k, m in enumerate(methods):
-                stats = [(r, by_key[point, r, m][key]) for r in ratios if (point, r, m) in by_key and by_key[point, r, m][key]]
-                if not stats:
-                    continue
-                offset = k - (len(methods) - 1) / 2
-                ys = [s["mean"] for _, s in stats]
-                cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, stats)]
-                err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
-                if len(ratios) == 1:
-                    width = 0.8 / len(methods)
-                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
-                    ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
-                else:
-                    step = 0.012 * (ratios[-1] - ratios[0])
-                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m)
-            base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
-            if base is not None:
-                ax.axhline(base, color="gray", linestyle="--", label="before attack")
-            if len(ratios) == 1:
-                ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
-            else:
-                ax.set_xlabel("poison ratio")
-            ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
-            ax.set_ylim(-2, 112)
-    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
 
 
 def correlation_md(corr: dict, judge: str) -> str:
@@ -217,32 +171,3 @@ def correlation_md(corr: dict, judge: str) -> str:
         lines.append(f"- {what}: " + (f"rho = {c['rho']:.3f}, p = {c['p']:.3g}, N = {c['n']} cells" if c["rho"] is not None
                                       else f"not computed, N = {c['n']} cells ({c['why']})"))
     return "\n".join(lines) + "\n"
-
-
-def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
-    """Harmful score against positive heads after fine-tuning, one point per cell, coloured by method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [c for c in cells if c["status"] == "ok" and c.get("harmful_score") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
-    for ax, (name, key, what) in zip(axes, (("sign", "positive_heads_after", "positive heads after (d > 0)"),
-                                            ("significant", "significant_positive_heads_after",
-                                             "heads with 95% interval above 0, after"))):
-        for m in dict.fromkeys(method_label(c) for c in ok):
-            pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
-            if pts:
-                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8)
-        c = corr[name]
-        rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
-        ax.set_title(f"Spearman {rho}", fontsize=10)
-        ax.set_xlabel(what)
-        ax.set_ylabel(f"harmful score, judge {judge}")
-        ax.set_ylim(-4, 104)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)

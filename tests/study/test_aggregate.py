@@ -53,3 +53,14 @@ def test_spearman_by_hand():
 def test_too_few_cells_say_why():
     c = correlation([cell(0, 10.0, 50.0, 3), cell(1, 20.0, 50.0, 4)])
     assert c["sign"]["rho"] is None and c["sign"]["n"] == 2 and "at least 3" in c["sign"]["why"]
+
+
+def test_a_numeric_one_key_grid_becomes_the_plot_axis():
+    from surgerycli.report.sweep_plot import numeric_axis
+
+    cells = [cell(0, 1.0, 50.0, 3, lr="1e-4"), cell(0, 2.0, 50.0, 3, lr="5e-4")]
+    assert numeric_axis({"cells": cells}) == ("train.learning_rate", {"train.learning_rate=1e-4": 1e-4,
+                                                                     "train.learning_rate=5e-4": 5e-4})
+    cells[1]["grid"] = {"train.learning_rate": "5e-4", "train.epochs": "3"}
+    assert numeric_axis({"cells": cells}) is None  # two keys: a panel per grid point instead
+    assert numeric_axis({"cells": [cell(0, 1.0, 50.0, 3, lr="fast"), cell(0, 1.0, 50.0, 3, lr="slow")]}) is None

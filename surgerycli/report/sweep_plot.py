@@ -1,0 +1,147 @@
+"""The pictures of `surgery sweep`, `surgery report` and `surgery demo`: sweep.png (HS and FA per method with
+95% Wilson error bars) and correlation.png (harmful score against positive heads, a point per cell)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import atomic_write
+from .sweep import layout, method_label, point_label, seeded
+
+
+def numeric_axis(sweep: dict) -> tuple[str, dict[str, float]] | None:
+    """(key, point label -> value) when the grid is one numeric key over several values, else None."""
+    keys = {k for c in sweep["cells"] for k in (c.get("grid") or {})}
+    if len(keys) != 1:
+        return None
+    key = keys.pop()
+    try:
+        values = {point_label(c["grid"]): float(c["grid"][key]) for c in sweep["cells"] if c.get("grid")}
+    except ValueError:
+        return None
+    return (key, values) if len(set(values.values())) > 1 else None
+
+
+def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[str, float]], methods: list[str],
+                     by_key: dict, ratio: float) -> None:
+    """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), at one
+    poison ratio, with 95% Wilson error bars (pooled over seeds); each method nudged sideways."""
+    import matplotlib.pyplot as plt
+
+    key, values = axis
+    xs_all = sorted(set(values.values()))
+    log = xs_all[-1] / max(xs_all[0], 1e-300) >= 4 and xs_all[0] > 0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    over = " (mean over seeds, pooled)" if seeded(sweep) else ""
+    for ax, (score, title) in zip(axes, (("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
+        for k, m in enumerate(methods):
+            pts = sorted((values[point], g[score]) for (point, r, label), g in by_key.items()
+                         if label == m and r == ratio and g[score] is not None)
+            if not pts:
+                continue
+            nudge = (k - (len(methods) - 1) / 2) * 0.025
+            xs = [x * 10 ** nudge if log else x * (1 + nudge) for x, _ in pts]
+            ys = [s["mean"] for _, s in pts]
+            cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, pts)]
+            err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
+        base = sweep["base"]["harmful_score" if score == "hs" else "accuracy"]
+        if base is not None:
+            ax.axhline(base, color="gray", linestyle="--", label="before attack")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        ax.minorticks_off()
+        ax.set_xlabel(key)
+        ax.set_ylim(-2, 104)
+        ax.set_title(f"{title}{over}, poison ratio {ratio:g}\nerror bars: 95% Wilson interval", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
+def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
+    """HS and FA per method, with 95% Wilson error bars (pooled over seeds). A grid over one numeric key at
+    one poison ratio: against that key. Otherwise against poison ratio, one column of panels per grid point:
+    lines over several ratios (each method nudged sideways so equal points stay visible), grouped bars at a
+    single ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, rows, by_key, _ = layout(sweep)
+    points = list(dict.fromkeys(p for p, _ in rows))
+    ratios = sorted({r for _, r in rows})
+    axis = numeric_axis(sweep)
+    if axis is not None and len(ratios) == 1:
+        return _write_axis_plot(path, sweep, judge, axis, methods, by_key, ratios[0])
+    if len(points) == 1:  # HS and FA side by side
+        fig, grid_axes = plt.subplots(1, 2, figsize=(10, 3.9), squeeze=False)
+        axes = [[grid_axes[0][0]], [grid_axes[0][1]]]
+    else:  # HS above FA, a column per grid point
+        fig, axes = plt.subplots(2, len(points), figsize=(5 * len(points) + 0.5, 7.4), squeeze=False)
+    over = " (mean over seeds, pooled)" if seeded(sweep) else ""
+    for j, point in enumerate(points):
+        for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
+            ax = axes[i][j]
+            for k, m in enumerate(methods):
+                stats = [(r, by_key[point, r, m][key]) for r in ratios if (point, r, m) in by_key and by_key[point, r, m][key]]
+                if not stats:
+                    continue
+                offset = k - (len(methods) - 1) / 2
+                ys = [s["mean"] for _, s in stats]
+                cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, stats)]
+                err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
+                if len(ratios) == 1:
+                    width = 0.8 / len(methods)
+                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
+                    ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
+                else:
+                    step = 0.012 * (ratios[-1] - ratios[0])
+                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m)
+            base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
+            if base is not None:
+                ax.axhline(base, color="gray", linestyle="--", label="before attack")
+            if len(ratios) == 1:
+                ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
+            else:
+                ax.set_xlabel("poison ratio")
+            ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
+            ax.set_ylim(-2, 112)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
+def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
+    """Harmful score against positive heads after fine-tuning, one point per cell, coloured by method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in cells if c["status"] == "ok" and c.get("harmful_score") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    for ax, (name, key, what) in zip(axes, (("sign", "positive_heads_after", "positive heads after (d > 0)"),
+                                            ("significant", "significant_positive_heads_after",
+                                             "heads with 95% interval above 0, after"))):
+        for m in dict.fromkeys(method_label(c) for c in ok):
+            pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
+            if pts:
+                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8)
+        c = corr[name]
+        rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
+        ax.set_title(f"Spearman {rho}", fontsize=10)
+        ax.set_xlabel(what)
+        ax.set_ylabel(f"harmful score, judge {judge}")
+        ax.set_ylim(-4, 104)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
