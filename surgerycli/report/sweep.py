@@ -128,6 +128,19 @@ def seeded(sweep: dict) -> bool:
     return any(c.get("seed") is not None for c in sweep["cells"])
 
 
+def intro_md(sweep: dict, judge: str) -> str:
+    """sweep.md's opening: recipe, judge, the rows before the attack, and how to read the entries."""
+    base = sweep["base"]
+    entries = ("Entries: mean ± sd over seeds (a single seed: its value), then the 95% Wilson interval pooled over "
+               "every seed's prompts in brackets" if seeded(sweep) else "Brackets: 95% Wilson intervals")
+    before = "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
+                     f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
+    return (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
+            f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
+            f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. {entries}; heads+: positive-divergence heads "
+            f"before->after fine-tuning, `sig`: those whose 95% bootstrap interval lies above 0.\n" + before)
+
+
 def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "") -> None:
     """Print the tables; write sweep.md, sweep.png and sweep.json (sweep.json last: it marks a finished sweep)."""
     several = " (mean ± sd over seeds)" if seeded(sweep) else ""
@@ -137,17 +150,7 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
                              *sweep_table(sweep)))
     console.print(rich_table(f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages",
                              *paper_table(sweep)))
-    base = sweep["base"]
-    md = (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
-          f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
-          f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. "
-          + ("Entries: mean ± sd over seeds (a single seed: its value), then the 95% Wilson interval pooled over "
-             "every seed's prompts in brackets" if seeded(sweep) else "Brackets: 95% Wilson intervals")
-          + "; heads+: positive-divergence "
-          f"heads before->after fine-tuning, `sig`: those whose 95% bootstrap interval lies above 0.\n"
-          + "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
-                    f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
-          + "\n" + markdown_table(*sweep_table(sweep))
+    md = (intro_md(sweep, judge) + "\n" + markdown_table(*sweep_table(sweep))
           + f"\n## The papers' layout\n\nHS judged by `{judge}`; FA = accuracy of the first task; average over the "
           f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
     if seeded(sweep) or any(c.get("grid") for c in sweep["cells"]):
