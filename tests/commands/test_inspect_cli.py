@@ -113,7 +113,7 @@ def _unsupported_model_dir(tmp_path):
     [
         ("missing harmful", r"nope\.jsonl: no such file"),
         ("empty harmless", r"empty\.txt: the set is empty"),
-        ("unknown format", r"x\.parquet: unknown format"),
+        ("unknown format", r"x\.xlsx: unknown format"),
         ("unsupported", r"unsupported model_type 'gpt2': expected one of gemma, gemma2"),
         ("missing folder", r"no-such-model/: expected a model folder"),
         ("no config", r"config\.json"),
@@ -124,13 +124,13 @@ def _unsupported_model_dir(tmp_path):
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_llama_dir, case, match):
     (tmp_path / "empty.txt").write_text("\n")
-    (tmp_path / "x.parquet").write_text("x")
+    (tmp_path / "x.xlsx").write_text("x")
     (tmp_path / "noconfig").mkdir()
     outs = ["--json", tmp_path / "out.json", "--plot", tmp_path / "out.png"]
     args = {
         "missing harmful": [tiny_llama_dir, "--harmful", tmp_path / "nope.jsonl"],
         "empty harmless": [tiny_llama_dir, "--harmless", tmp_path / "empty.txt"],
-        "unknown format": [tiny_llama_dir, "--harmful", tmp_path / "x.parquet"],
+        "unknown format": [tiny_llama_dir, "--harmful", tmp_path / "x.xlsx"],
         "unsupported": [_unsupported_model_dir(tmp_path) if case == "unsupported" else None],
         "missing folder": ["./no-such-model/"],
         "no config": [tmp_path / "noconfig"],

@@ -47,8 +47,11 @@ def test_bad_rows_name_file_and_line(tmp_path):
     with pytest.raises(InputError, match="the last message must be the assistant's"):
         read_examples(jsonl(tmp_path / "m.jsonl", [last_user]), "messages")
     (tmp_path / "x.csv").write_text("prompt,response\n")
-    with pytest.raises(InputError, match="expected .jsonl or .json"):
-        read_examples(tmp_path / "x.csv")
+    with pytest.raises(InputError, match="x.csv: no examples in it"):
+        read_examples(tmp_path / "x.csv")  # a header alone
+    (tmp_path / "x.txt").write_text("a prompt\n")
+    with pytest.raises(InputError, match=r"x.txt: unknown format '.txt': expected .jsonl, .json, .csv or .parquet"):
+        read_examples(tmp_path / "x.txt")  # prompts alone teach no answer
 
 
 def test_harmful_keeps_only_unsafe_beavertails_rows(tmp_path):
