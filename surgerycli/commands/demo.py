@@ -3,9 +3,10 @@
   1. `surgery data demo`: arithmetic, harmful and refusal pairs, reference sets, held-out HarmBench prompts
   2. alignment: `surgery finetune recipes/demo-align.toml` (refusals + arithmetic), then `surgery merge`;
      with alignment-stage defenses (vaccine, booster) each aligns its own model the same way
-  3. attack: `surgery sweep recipes/demo-attack.toml` at the poison ratios, with each method (default SFT
-     and Surgery); each cell is evaluated on the held-out HarmBench prompts (keyword judge) and the
-     arithmetic test split
+  3. attack: `surgery sweep recipes/demo-attack.toml` at the poison ratios and the grid's attack strengths,
+     with each method (default SFT and Surgery alpha 3000 at learning rates 2e-4 and 5e-4: where the study
+     found Surgery holding and failing); each cell is evaluated on the held-out HarmBench prompts (keyword
+     judge) and the arithmetic test split
 Every step is the public command's own function, with the recipes' data paths pointed into --out.
 Finished steps are skipped on a rerun, so an interrupted demo continues where it stopped.
 """

@@ -22,6 +22,14 @@ def numeric_axis(sweep: dict) -> tuple[str, dict[str, float]] | None:
     return (key, values) if len(set(values.values())) > 1 else None
 
 
+def _tick(x: float) -> str:
+    """`1.5e-4`, `2e-4` for small or large values (short enough not to collide), else `3`, `0.5`."""
+    if x == 0 or 1e-2 <= abs(x) < 1e4:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[str, float]], methods: list[str],
                      by_key: dict, ratio: float) -> None:
     """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), at one
@@ -50,7 +58,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
             ax.axhline(base, color="gray", linestyle="--", label="before attack")
         if log:
             ax.set_xscale("log")
-        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        ax.set_xticks(xs_all, [_tick(x) for x in xs_all])
         ax.minorticks_off()
         ax.set_xlabel(key)
         ax.set_ylim(-2, 104)
