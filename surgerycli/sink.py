@@ -73,7 +73,8 @@ def _valid(x: torch.Tensor) -> torch.Tensor:
 def resample_counts(n: int, resamples: int, generator: torch.Generator) -> torch.Tensor:
     """(B, n) how often each of n samples is drawn in each of B bootstrap resamples of size n."""
     idx = torch.randint(0, n, (resamples, n), generator=generator)  # (B, n)
-    return torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+    ones = torch.ones_like(idx, dtype=torch.float64)
+    return torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, idx, ones)
 
 
 def bootstrap_ci(harmful: torch.Tensor, harmless: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES,

@@ -182,8 +182,8 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
 
 
 def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, include_base: bool = False,
-             system_prompt: str | None = None, chat_template: Path | None = None, out: Path | None = None, device: str = "auto", dtype: str = "auto",
-             console: Console) -> list[dict]:
+             system_prompt: str | None = None, chat_template: Path | None = None, out: Path | None = None,
+             device: str = "auto", dtype: str = "auto", console: Console) -> list[dict]:
     """Evaluate every run; the results.json run records (and the files under `out` when given)."""
     from .judges import make_judge
     from .provenance import data_sources, provenance

@@ -104,10 +104,11 @@ def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, 
     out = Path(recipe.output.dir)
     metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
-        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer), train_dataset=rows,
-        defense=defense, metrics=metrics[len(defense.metrics):], loss=loss_kind(recipe.train, device),
+        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer),
+        train_dataset=rows, defense=defense, metrics=metrics[len(defense.metrics):], loss=loss_kind(recipe.train, device),
         data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-        callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)] if is_main() else [],
+        callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)]
+        if is_main() else [],  # rank 0 alone shows the bar and logs
     )
     trainer.remove_callback(PrinterCallback)
     check_parallelism(trainer)
