@@ -16,7 +16,6 @@ what they then read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -48,17 +47,6 @@ def local_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def main_only():
-    """A context that runs its body on rank 0 and lets the others wait for it (a barrier after)."""
-    @contextlib.contextmanager
-    def ctx():
-        try:
-            yield is_main()
-        finally:
-            barrier()
-    return ctx()
 
 
 def is_ddp(model) -> bool:
