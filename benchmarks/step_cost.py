@@ -16,7 +16,9 @@ reference sequence, all `T` tokens long:
              separate harmful and harmless forwards, one joint backward, the model's own SFT loss
 Each (method, length) runs in its own process (no allocator state shared): one warm-up step, then the
 median seconds of --steps steps, and the peak memory over them (CPU: the process's VmHWM, reset through
-/proc/self/clear_refs after the warm-up; CUDA: torch.cuda.max_memory_allocated). Prints a table and the
+/proc/self/clear_refs after the warm-up; CUDA: torch.cuda.max_memory_allocated). On CPU one more step runs
+under the profiler to give the peak of live tensor bytes as well ("live": what the CUDA figure measures;
+RSS adds what glibc keeps mapped after a free, which varies from run to run). Prints a table and the
 ratios surgery/sft and surgery/reference.
 """
 
@@ -60,6 +62,33 @@ def reference_sink_loss(model, harmful: torch.Tensor, harmless: torch.Tensor) ->
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
         means.append(torch.stack([a[0, :, 1:, 0].mean(-1) for a in out.attentions]))  # (L, H)
     return torch.relu(means[0] - means[1]).mean()
+
+
+def resting_bytes(model, optimizer) -> int:
+    """Bytes of the tensors alive between steps: weights, buffers, optimizer state (gradients are set to None)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def live_peak_cpu(run_step, model, optimizer) -> int:
+    """Peak live tensor bytes during one step on CPU: the resting tensors plus the profiler's running total of
+    what the step allocates and has not yet freed (its memory events, one per allocation and free)."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    rest = resting_bytes(model, optimizer)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run_step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return rest + max(totals, default=0)
 
 
 def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor, plain: bool):
@@ -118,19 +147,24 @@ def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: st
     benign, harmful, harmless = (torch.randint(100, model.config.vocab_size, (n, T), generator=g).to(dev)
                                  for n in (4, 1, 1))
     step = make_step(method, model, benign, harmful, harmless, plain)
+    def run_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        step()
+        optimizer.step()
+
     times = []
     for i in range(steps + 1):  # step 0 warms up and creates the optimizer state
         if i == 1:
             reset_peak(dev)
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        step()
-        optimizer.step()
+        run_step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak": peak_bytes(dev)}
+    peak = peak_bytes(dev)
+    live = peak if dev.type == "cuda" else live_peak_cpu(run_step, model, optimizer)
+    return {"seconds": statistics.median(times), "peak": peak, "live": live}
 
 
 def main() -> None:
@@ -163,21 +197,23 @@ def main() -> None:
                     sys.exit(f"{method} at {T} tokens failed:\n{child.stderr[-4000:]}")
                 out = child.stdout
                 results[method, T] = json.loads(out.strip().splitlines()[-1])
-                print(f"  {method:9s} T={T}: {results[method, T]['seconds']:.2f} s, "
-                      f"{results[method, T]['peak'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+                r = results[method, T]
+                print(f"  {method:9s} T={T}: {r['seconds']:.2f} s, {r['peak'] / 2**30:.2f} GiB peak, "
+                      f"{r['live'] / 2**30:.2f} GiB live", file=sys.stderr, flush=True)
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(f"{label}, {'QLoRA NF4' if args.load_in_4bit else 'LoRA'} r=16, {args.dtype}, benign batch 4 + 1 harmful "
           f"+ 1 harmless reference, SFT loss {'plain' if args.plain_loss else 'chunked'}, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
-    print("| tokens | method | s/step | peak GiB |")
-    print("|---:|---|---:|---:|")
+    peak_name = "peak GiB" if args.device.startswith("cuda") else "peak RSS GiB"
+    print(f"| tokens | method | s/step | {peak_name} | live GiB |")
+    print("|---:|---|---:|---:|---:|")
     for (method, T), r in results.items():
-        print(f"| {T} | {method} | {r['seconds']:.2f} | {r['peak'] / 2**30:.2f} |")
+        print(f"| {T} | {method} | {r['seconds']:.2f} | {r['peak'] / 2**30:.2f} | {r['live'] / 2**30:.2f} |")
     for T in args.lengths:
         s = {m: results[m, T] for m in args.methods if (m, T) in results}
         for a, b in (("surgery", "sft"), ("surgery", "reference"), ("joint", "sft")):
             if a in s and b in s:
                 print(f"T={T} {a}/{b}: time {s[a]['seconds'] / s[b]['seconds']:.2f}, "
-                      f"peak memory {s[a]['peak'] / s[b]['peak']:.2f}")
+                      f"peak memory {s[a]['peak'] / s[b]['peak']:.2f}, live memory {s[a]['live'] / s[b]['live']:.2f}")
 
 
 if __name__ == "__main__":

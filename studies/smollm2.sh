@@ -8,7 +8,9 @@
 # Every stage writes into one sweep folder (study-out/sweep): the alignment and the "before the attack" row are
 # done once, a cell shared by two stages runs once, and an interrupted stage resumes where it stopped.
 # Lisa runs its authors' 1:9 split scaled to the 50-step attack (5 + 45 steps), as in the demo.
-# Offline, CPU. Set STUDY_OUT to write elsewhere, SURGERY to use another `surgery` command.
+# Offline, CPU. Set STUDY_OUT to write elsewhere, SURGERY to use another `surgery` command; LRS, SEEDS, METHODS
+# and ALPHAS narrow a stage (the 2026-11-26 run: `SEEDS=0 ... baselines`, `SEEDS=0 METHODS=sft,surgery ALPHAS=3000
+# LRS=1e-4,2e-4 ... poison`).
 set -euo pipefail
 OUT=${STUDY_OUT:-study-out}
 SURGERY=${SURGERY:-surgery}
@@ -24,14 +26,16 @@ COMMON=(recipes/demo-attack.toml --out "$OUT/sweep"
   --safety-data "harmbench=$D/eval_harmful.txt" --task-data "surgery_gsm8k=$D/arithmetic_test.jsonl"
   --limit 100 --max-new-tokens 48)
 LRS=${LRS:-1e-4,2e-4,5e-4}
+SEEDS=${SEEDS:-0,1}
+ALPHAS=${ALPHAS:-300,3000}
 case "${1:-}" in
   scan) $SURGERY sweep "${COMMON[@]}" --methods sft --poison-ratios 0.1 --seeds 0 \
           --grid train.learning_rate=5e-5,1e-4,1.5e-4,2e-4 ;;
-  main) $SURGERY sweep "${COMMON[@]}" --methods sft,surgery --alphas 300,3000 --poison-ratios 0.1 --seeds 0,1 \
+  main) $SURGERY sweep "${COMMON[@]}" --methods "${METHODS:-sft,surgery}" --alphas "$ALPHAS" --poison-ratios 0.1 --seeds "$SEEDS" \
           --grid "train.learning_rate=$LRS" ;;
-  baselines) $SURGERY sweep "${COMMON[@]}" --methods lisa,safeinstr --poison-ratios 0.1 --seeds 0,1 \
+  baselines) $SURGERY sweep "${COMMON[@]}" --methods "${METHODS:-lisa,safeinstr}" --poison-ratios 0.1 --seeds "$SEEDS" \
           --grid "train.learning_rate=$LRS" ;;
-  poison) $SURGERY sweep "${COMMON[@]}" --methods sft,surgery,lisa,safeinstr --alphas 300,3000 --poison-ratios 0.2 \
-          --seeds 0,1 --grid "train.learning_rate=$LRS" ;;
+  poison) $SURGERY sweep "${COMMON[@]}" --methods "${METHODS:-sft,surgery,lisa,safeinstr}" --alphas "$ALPHAS" \
+          --poison-ratios 0.2 --seeds "$SEEDS" --grid "train.learning_rate=$LRS" ;;
   *) echo "usage: bash studies/smollm2.sh scan|main|baselines|poison" >&2; exit 2 ;;
 esac

@@ -127,13 +127,18 @@ def test_demo_pipeline_end_to_end_on_smollm2(tmp_path):
     result = ok(*args)
     assert "SFT HS" in result.output
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
-    assert [(c["name"], c["status"]) for c in sweep["cells"]] == [("p0.2-sft", "ok"), ("p0.2-surgery-a300", "ok")]
+    # the default attacks: poison 0.1, lr 2e-4 and 5e-4, SFT and Surgery alpha 3000, each lr reaching its cell's recipe
+    assert [(c["name"], c["status"]) for c in sweep["cells"]] == [
+        (f"p0.1-{m}-train.learning_rate={lr}", "ok") for lr in ("2e-4", "5e-4") for m in ("sft", "surgery-a3000")]
+    for c in sweep["cells"]:
+        resolved = (out / "sweep" / "cells" / c["name"] / "finetune" / "recipe.resolved.toml").read_text()
+        assert f"learning_rate = {float(c['name'].split('=')[1])}" in resolved and "poison_ratio = 0.1" in resolved
     assert sweep["base"]["model"] == str(out / "aligned")
     for c in sweep["cells"]:
         assert c["harmful_score"] * 3 / 100 in (0, 1, 2, 3) and c["positive_heads_after"] is not None
     assert (out / "sweep" / "heads.png").read_bytes()[:4] == b"\x89PNG"
     again = ok(*args)  # everything finished: nothing re-runs
-    assert "alignment stage" not in again.output and "cell p0.2" not in again.output
+    assert "alignment stage" not in again.output and "cell p0.1" not in again.output
 
 
 def test_two_stage_sweep_aligns_each_alignment_defense_once(tmp_path, sweep_recipe, demo_data):

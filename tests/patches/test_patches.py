@@ -145,6 +145,21 @@ def test_capture_needs_sink_mode():
             pass
 
 
+def test_capture_releases_the_attention_outputs_on_exit():
+    """Each recorded column is a view of its layer's whole attention output: a capture that kept them after
+    its exit would hold every layer's output through the next training step."""
+    import weakref
+
+    model = tiny_model("llama")
+    ids, mask = padded_batch(LENGTHS, "right")
+    set_sink_mode(model, True)
+    with capture_sinks(model, mask) as state:
+        model(input_ids=ids, attention_mask=mask)
+        bases = [weakref.ref(col._base) for col in state.columns.values()]  # (B, T, H, D + PAD) outputs
+        assert len(bases) == model.config.num_hidden_layers and all(b() is not None for b in bases)
+    assert state.columns == {} and all(b() is None for b in bases)
+
+
 def test_unsupported_architecture_lists_supported_ones():
     from transformers import GPT2Config, GPT2LMHeadModel
 
