@@ -80,7 +80,7 @@ def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
         if sig is not None:  # a dot on each head whose interval excludes 0
             marked = [(h, l) for l, row in enumerate(sig) for h, v in enumerate(row) if v]
             ax.scatter([h for h, _ in marked], [l for _, l in marked], s=6, c="black", marker="o", linewidths=0)
-            counts = f"; 95% CI above / below 0: {r['significant_positive_heads']} / {r['significant_negative_heads']} (dots)"
+            counts = f"\n95% CI above / below 0: {r['significant_positive_heads']} / {r['significant_negative_heads']} (dots)"
         ax.set_title(f"{title}\n{r['positive_heads']} positive / {r['negative_heads']} negative heads{counts}",
                      fontsize=10)
     fig.colorbar(im, ax=list(axes[0]), label="sink divergence (harmful - harmless)")

@@ -6,8 +6,11 @@ usually the largest tensor of a step. Here the decoder's last hidden states are 
 positions that are learned (label != -100 after the shift; the masked prompt is most of a chat) go through
 the head, and they go through it in chunks:
 
-  chunked  any device: each chunk's logits are recomputed in the backward pass (activation
-           checkpointing), so at most one chunk of fp32 logits is alive at a time
+  chunked  any device: each chunk's logits are made, turned into the loss and into the gradients of
+           the hidden states (and of the head's weights, where they are trained), and dropped, all in the
+           forward pass, so at most one chunk of fp32 logits is alive at a time and the backward pass
+           only scales the stored gradients (Liger's scheme, in PyTorch: two head matmuls per chunk, not
+           the three that recomputing the logits in the backward pass costs)
   liger    CUDA with `liger-kernel` installed: Liger's fused linear cross-entropy (one kernel, no logits)
 
 Both give the plain loss (mean over learned tokens, logits upcast to fp32) and its gradient within fp32
@@ -18,18 +21,52 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
 CHUNK_TOKENS = 1024  # rows of logits per chunk: 1024 x 128k vocab x 4 bytes = 0.5 GiB at most
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                    softcap: float | None) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()  # (n, V)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of F.linear(hidden, weight, bias) against targets, chunk by chunk; the
+    gradients are computed in the forward pass (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, chunk):  # hidden (N, D), weight (V, D), targets (N,)
+        grads = [torch.empty_like(hidden) if ctx.needs_input_grad[0] else None,
+                 torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None,
+                 torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            h, y = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(h, weight, bias).float()  # (n, V)
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            total += F.cross_entropy(logits, y, reduction="sum")
+            if not any(g is not None for g in grads):
+                continue
+            g = torch.softmax(logits, dim=-1)  # d(sum of losses)/d(logits): softmax minus the one-hot target
+            g[torch.arange(len(y), device=y.device), y] -= 1
+            if softcap:
+                g *= 1 - capped * capped
+            g = g.to(hidden.dtype)  # as the plain loss's gradient reaches the head's output
+            if grads[0] is not None:
+                grads[0][start:start + chunk] = g @ weight  # (n, D)
+            if grads[1] is not None:
+                grads[1] += (g.t() @ h).float()  # (V, D)
+            if grads[2] is not None:
+                grads[2] += g.float().sum(dim=0)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.present = [g is not None for g in grads]
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        gh, gw, gb = (g if present else None for g, present in zip(ctx.saved_tensors, ctx.present))
+        scale = lambda g, dtype: None if g is None else (g * grad_total).to(dtype)  # noqa: E731
+        return scale(gh, gh.dtype if gh is not None else None), scale(gw, ctx.dtypes[0]), scale(gb, ctx.dtypes[1]), \
+            None, None, None
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
@@ -40,11 +77,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: t
     y = labels[:, 1:].reshape(-1).to(h.device)  # (B*(T-1),)
     keep = y != IGNORE
     h, y = h[keep], y[keep]  # (N, D), (N,): only learned positions reach the head
-    total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[0], chunk):
-        part = (h[start:start + chunk], head.weight, head.bias, y[start:start + chunk], softcap)
-        total = total + (checkpoint(_chunk_loss_sum, *part, use_reentrant=False) if torch.is_grad_enabled()
-                         else _chunk_loss_sum(*part))
+    total = _ChunkedLinearCrossEntropy.apply(h, head.weight, head.bias, y, softcap, chunk)
     return total / max(int(keep.sum()), 1)
 
 
