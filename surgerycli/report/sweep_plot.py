@@ -31,17 +31,19 @@ def _tick(x: float) -> str:
 
 
 def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[str, float]], methods: list[str],
-                     by_key: dict, ratio: float) -> None:
-    """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), at one
-    poison ratio, with 95% Wilson error bars (pooled over seeds); each method nudged sideways."""
+                     by_key: dict, ratios: list[float]) -> None:
+    """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), a row
+    per poison ratio, with 95% Wilson error bars (pooled over seeds); each method nudged sideways."""
     import matplotlib.pyplot as plt
 
     key, values = axis
     xs_all = sorted(set(values.values()))
     log = xs_all[-1] / max(xs_all[0], 1e-300) >= 4 and xs_all[0] > 0
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, grid_axes = plt.subplots(len(ratios), 2, figsize=(11, 4.2 * len(ratios)), squeeze=False)
     over = " (mean over seeds, pooled)" if seeded(sweep) else ""
-    for ax, (score, title) in zip(axes, (("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
+    panels = [(ax, score, title, ratio) for row, ratio in zip(grid_axes, ratios)
+              for ax, (score, title) in zip(row, (("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %")))]
+    for ax, score, title, ratio in panels:
         for k, m in enumerate(methods):
             pts = sorted((values[point], g[score]) for (point, r, label), g in by_key.items()
                          if label == m and r == ratio and g[score] is not None)
@@ -63,16 +65,19 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
         ax.set_xlabel(key)
         ax.set_ylim(-2, 104)
         ax.set_title(f"{title}{over}, poison ratio {ratio:g}\nerror bars: 95% Wilson interval", fontsize=9)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    legend = {}  # every method once, whichever ratio it ran at
+    for ax in grid_axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
 def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
-    """HS and FA per method, with 95% Wilson error bars (pooled over seeds). A grid over one numeric key at
-    one poison ratio: against that key. Otherwise against poison ratio, one column of panels per grid point:
+    """HS and FA per method, with 95% Wilson error bars (pooled over seeds). A grid over one numeric key:
+    against that key, a row per poison ratio. Otherwise against poison ratio, one column of panels per grid point:
     lines over several ratios (each method nudged sideways so equal points stay visible), grouped bars at a
     single ratio."""
     import matplotlib
@@ -84,8 +89,8 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
     points = list(dict.fromkeys(p for p, _ in rows))
     ratios = sorted({r for _, r in rows})
     axis = numeric_axis(sweep)
-    if axis is not None and len(ratios) == 1:
-        return _write_axis_plot(path, sweep, judge, axis, methods, by_key, ratios[0])
+    if axis is not None:
+        return _write_axis_plot(path, sweep, judge, axis, methods, by_key, ratios)
     if len(points) == 1:  # HS and FA side by side
         fig, grid_axes = plt.subplots(1, 2, figsize=(10, 3.9), squeeze=False)
         axes = [[grid_axes[0][0]], [grid_axes[0][1]]]

@@ -51,8 +51,52 @@ def test_sink_loss_and_gradients_match_the_eager_reference(arch):
     assert positive == int((ref_d > 0).sum())
     assert tokens == sum(map(len, HARMFUL[:2] + HARMLESS))
     assert ref_loss.item() > 0  # the comparison is not vacuous
-    for name, g in ref_grads.items():
-        assert torch.allclose(dict(model.named_parameters())[name].grad, g, atol=1e-6), name
+    for name, g in ref_grads.items():  # no gradient at all (None) where the reference's is zero
+        got = dict(model.named_parameters())[name].grad
+        assert torch.allclose(torch.zeros_like(g) if got is None else got, g, atol=1e-6), name
+
+
+def test_backward_starts_at_the_highest_layer_with_a_positive_head():
+    """Uniform attention in the last layer (zero query and key weights) makes its sink mean depend on the
+    length alone, so with equal-length sets its d_h is exactly 0 for every head: its weights get no
+    gradient at all (None, not zeros), while the rest match the eager reference."""
+    model = tiny_model("llama", attn_implementation="sdpa").train()
+    last = model.model.layers[-1].self_attn
+    with torch.no_grad():
+        last.q_proj.weight.zero_()
+        last.k_proj.weight.zero_()
+    harmful, harmless = [HARMFUL[0], HARMFUL[0][::-1]], [HARMLESS[1][:7], HARMLESS[1][3:10]]  # all 7 tokens
+    ref_loss, ref_d = reference_sink_loss(model, harmful, harmless)
+    ref_loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    assert (ref_d[-1] == 0).all() and (ref_d[:-1] > 0).any()
+    set_sink_mode(model, True)
+    try:
+        loss, positive, _ = regularizer(harmful, harmless, k=2).backward_step(model, 0, 1.0, torch.Tensor.backward)
+    finally:
+        set_sink_mode(model, False)
+    assert loss == pytest.approx(ref_loss.item(), abs=1e-6) and positive == int((ref_d > 0).sum())
+    last_layer = f"model.layers.{len(model.model.layers) - 1}."
+    for name, p in model.named_parameters():
+        if name.startswith(last_layer):
+            assert p.grad is None, name  # the backward never reached the last layer
+        if p.grad is None:  # wherever the backward did not reach, the reference's gradient is exactly 0
+            assert name not in ref or not ref[name].any(), name
+        else:
+            assert torch.allclose(p.grad, ref[name], atol=1e-6), name
+    assert model.model.embed_tokens.weight.grad is not None
+
+
+def test_no_positive_head_runs_no_backward():
+    model = tiny_model("llama", attn_implementation="sdpa").train()
+    set_sink_mode(model, True)
+    try:  # the same samples on both sides: every d_h is exactly 0
+        loss, positive, _ = regularizer(HARMFUL[:2], HARMFUL[:2], k=2).backward_step(model, 0, 1.0, torch.Tensor.backward)
+    finally:
+        set_sink_mode(model, False)
+    assert loss == 0.0 and positive == 0
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_batch_draw_is_k_of_each_and_fixed_per_step():

@@ -9,7 +9,9 @@ and one harmless reference sample per step, references = BeaverTails 30k_train u
 d_h comes from one batched forward of `k` harmful and `k` harmless reference samples through the sink
 patch. That term is back-propagated after the SFT loss, in the same training step, so the activations
 of the two forwards never coexist; gradients add up in the trainable weights exactly as with one joint
-backward. With alpha 0 no reference forward runs: bit-identical to SFT.
+backward. Only layers with a positive head take part in that backward (relu gives the others no
+gradient), so it starts at the highest such layer. With alpha 0 no reference forward runs: bit-identical
+to SFT.
 """
 
 from __future__ import annotations
@@ -87,16 +89,23 @@ class SinkRegularizer:
         """
         batch = {k: v.to(model.device) for k, v in self.batch(step).items()}
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
-        with capture_sinks(model, batch["attention_mask"], self.sink_position) as state:
+        mask, k = batch["attention_mask"], len(batch["input_ids"]) // 2
+        with capture_sinks(model, mask, self.sink_position) as state:
             # the decoder alone: the statistic needs no logits, which would cost (2k, T, vocab) memory
             base.get_decoder()(**batch, use_cache=False)
-            stats = sink_per_sample(state.columns, batch["attention_mask"], state.sink_index)  # (2k, L, H)
-            d = sink_divergence(stats, len(batch["input_ids"]) // 2)  # (L, H)
+            with torch.no_grad():
+                d = sink_divergence(sink_per_sample(state.columns, mask, state.sink_index), k)  # (L, H)
             loss = sink_loss(d)
             if torch.isnan(loss):
                 raise ValueError("reference samples too short: no token after the sink position")
-            backward(loss * (self.alpha * scale))
-        return float(loss.detach()), int((d > 0).sum()), int(batch["attention_mask"].sum())
+            # relu passes no gradient from a head with d_h <= 0: back-propagate from the layers that have a
+            # positive head only, so the backward pass starts at the highest of them instead of carrying
+            # zeros down from the last layer (the same gradient; none at all when no head is positive)
+            active = {layer: state.columns[layer] for layer, row in zip(sorted(state.columns), d) if (row > 0).any()}
+            if active:
+                d_active = sink_divergence(sink_per_sample(active, mask, state.sink_index), k)  # (A, H)
+                backward(torch.relu(d_active).sum() / d.numel() * (self.alpha * scale))
+        return float(loss), int((d > 0).sum()), int(mask.sum())
 
 
 def reference_length(recipe) -> int:
