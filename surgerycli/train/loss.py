@@ -8,7 +8,8 @@ the head, and they go through it in chunks:
 
   chunked  any device: each chunk's logits are made, turned into the loss and into the gradients of
            the hidden states (and of the head's weights, where they are trained), and dropped, all in the
-           forward pass, so at most one chunk of fp32 logits is alive at a time and the backward pass
+           forward pass, so one chunk of fp32 logits is alive at a time (with softcapping, its slope too;
+           logsumexp makes a short-lived copy) and the backward pass
            only scales the stored gradients (Liger's scheme, in PyTorch: two head matmuls per chunk, not
            the three that recomputing the logits in the backward pass costs)
   liger    CUDA with `liger-kernel` installed: Liger's fused linear cross-entropy (one kernel, no logits)
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
-CHUNK_TOKENS = 1024  # rows of logits per chunk: 1024 x 128k vocab x 4 bytes = 0.5 GiB at most
+CHUNK_TOKENS = 1024  # rows of logits per chunk: 1024 x 128k vocab x 4 bytes = 0.5 GiB
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -39,16 +40,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], targets[start:start + chunk]
             logits = F.linear(h, weight, bias).float()  # (n, V)
-            if softcap:
+            slope = None
+            if softcap:  # c * tanh(z / c), whose derivative is 1 - tanh(z / c)^2
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
-            total += F.cross_entropy(logits, y, reduction="sum")
+                slope = capped.square_().neg_().add_(1)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
             if not any(g is not None for g in grads):
                 continue
-            g = torch.softmax(logits, dim=-1)  # d(sum of losses)/d(logits): softmax minus the one-hot target
+            # d(sum of losses)/d(logits) = softmax minus the one-hot target, made in the logits' own memory
+            g = logits.sub_(lse[:, None]).exp_()
             g[torch.arange(len(y), device=y.device), y] -= 1
-            if softcap:
-                g *= 1 - capped * capped
+            if slope is not None:
+                g *= slope
             g = g.to(hidden.dtype)  # as the plain loss's gradient reaches the head's output
             if grads[0] is not None:
                 grads[0][start:start + chunk] = g @ weight  # (n, D)
