@@ -55,8 +55,17 @@ def layout(sweep: dict):
     """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
     the (row, method) pairs whose every seed failed."""
     cells = sweep["cells"]
-    methods = list(dict.fromkeys(method_label(c) for c in cells))
-    rows = list(dict.fromkeys((point_label(c.get("grid") or {}), c["poison_ratio"]) for c in cells))
+    # SFT, the baseline, first; merged sweeps list cells by folder name, which would put it anywhere
+    methods = sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: m != "SFT")
+    order = {}  # grid point -> its values as numbers where they all are (1e-4 before 5e-4 before 1e-3)
+    for c in cells:
+        values = list((c.get("grid") or {}).values())
+        try:
+            order.setdefault(point_label(c.get("grid") or {}), (0, *map(float, values)))
+        except ValueError:
+            order.setdefault(point_label(c.get("grid") or {}), (1, len(order)))
+    rows = sorted(dict.fromkeys((point_label(c.get("grid") or {}), c["poison_ratio"]) for c in cells),
+                  key=lambda row: (order[row[0]], row[1]))
     by_key = {(point_label(g["grid"]), g["poison_ratio"], method_label(g)): g for g in aggregate(cells)}
     failed = {(point_label(c.get("grid") or {}), c["poison_ratio"], method_label(c)) for c in cells} - set(by_key)
     return methods, rows, by_key, failed

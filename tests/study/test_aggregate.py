@@ -64,3 +64,14 @@ def test_a_numeric_one_key_grid_becomes_the_plot_axis():
     cells[1]["grid"] = {"train.learning_rate": "5e-4", "train.epochs": "3"}
     assert numeric_axis({"cells": cells}) is None  # two keys: a panel per grid point instead
     assert numeric_axis({"cells": [cell(0, 1.0, 50.0, 3, lr="fast"), cell(0, 1.0, 50.0, 3, lr="slow")]}) is None
+
+
+def test_tables_put_sft_first_and_grid_values_in_numeric_order():
+    """Merged sweeps list cells by folder name: lisa before sft, 1e-4 before 1.5e-4 before 5e-5."""
+    from surgerycli.report.sweep import layout
+
+    cells = [cell(0, 0.0, 50.0, 70, method=m, alpha=None, lr=lr) for m in ("lisa", "sft") for lr in ("1e-4", "1.5e-4", "5e-5")]
+    methods, rows, _, _ = layout({"cells": cells})
+    assert methods == ["SFT", "Lisa"]
+    assert [point for point, _ in rows] == ["train.learning_rate=5e-5", "train.learning_rate=1e-4",
+                                            "train.learning_rate=1.5e-4"]
