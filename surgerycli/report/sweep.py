@@ -55,8 +55,9 @@ def layout(sweep: dict):
     """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
     the (row, method) pairs whose every seed failed."""
     cells = sweep["cells"]
-    # SFT, the baseline, first; merged sweeps list cells by folder name, which would put it anywhere
-    methods = sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: m != "SFT")
+    # SFT, the baseline, first, then the rest by name (Surgery a=300 before a=3000): merged sweeps list cells
+    # by folder name, so their order of appearance means nothing
+    methods = sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: (m != "SFT", m))
     order = {}  # grid point -> its values as numbers where they all are (1e-4 before 5e-4 before 1e-3)
     for c in cells:
         values = list((c.get("grid") or {}).values())

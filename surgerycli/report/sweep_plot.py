@@ -54,7 +54,8 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
             ys = [s["mean"] for _, s in pts]
             cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, pts)]
             err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
+            # a colour per method, the same in every panel (a method missing from one must not shift the rest)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m, color=f"C{k % 10}")
         base = sweep["base"]["harmful_score" if score == "hs" else "accuracy"]
         if base is not None:
             ax.axhline(base, color="gray", linestyle="--", label="before attack")
@@ -110,11 +111,12 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
                 err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
                 if len(ratios) == 1:
                     width = 0.8 / len(methods)
-                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3")
+                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3", color=f"C{k % 10}")
                     ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
                 else:
                     step = 0.012 * (ratios[-1] - ratios[0])
-                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m)
+                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m,
+                                color=f"C{k % 10}")
             base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
             if base is not None:
                 ax.axhline(base, color="gray", linestyle="--", label="before attack")

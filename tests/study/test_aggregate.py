@@ -70,8 +70,9 @@ def test_tables_put_sft_first_and_grid_values_in_numeric_order():
     """Merged sweeps list cells by folder name: lisa before sft, 1e-4 before 1.5e-4 before 5e-5."""
     from surgerycli.report.sweep import layout
 
-    cells = [cell(0, 0.0, 50.0, 70, method=m, alpha=None, lr=lr) for m in ("lisa", "sft") for lr in ("1e-4", "1.5e-4", "5e-5")]
+    cells = [cell(0, 0.0, 50.0, 70, method=m, alpha=None, lr=lr) for m in ("safeinstr", "lisa", "sft")
+             for lr in ("1e-4", "1.5e-4", "5e-5")]
     methods, rows, _, _ = layout({"cells": cells})
-    assert methods == ["SFT", "Lisa"]
+    assert methods == ["SFT", "Lisa", "SafeInstr"]
     assert [point for point, _ in rows] == ["train.learning_rate=5e-5", "train.learning_rate=1e-4",
                                             "train.learning_rate=1.5e-4"]
