@@ -51,13 +51,17 @@ def fmt_heads(g: dict) -> str:
     return f"{n(g['positive_heads_before'])}->{n(g['positive_heads_after'])}" + (f"; {n(sig)} sig" if sig is not None else "")
 
 
+def method_order(cells: list[dict]) -> list[str]:
+    """The method labels of `cells`: SFT, the baseline, first, then the rest by name (Surgery a=300 before
+    a=3000). Merged sweeps list cells by folder name, so their order of appearance means nothing."""
+    return sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: (m != "SFT", m))
+
+
 def layout(sweep: dict):
     """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
     the (row, method) pairs whose every seed failed."""
     cells = sweep["cells"]
-    # SFT, the baseline, first, then the rest by name (Surgery a=300 before a=3000): merged sweeps list cells
-    # by folder name, so their order of appearance means nothing
-    methods = sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: (m != "SFT", m))
+    methods = method_order(cells)
     order = {}  # grid point -> its values as numbers where they all are (1e-4 before 5e-4 before 1e-3)
     for c in cells:
         values = list((c.get("grid") or {}).values())

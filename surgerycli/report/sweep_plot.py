@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import atomic_write
-from .sweep import layout, method_label, point_label, seeded
+from .sweep import layout, method_label, method_order, point_label, seeded
 
 
 def numeric_axis(sweep: dict) -> tuple[str, dict[str, float]] | None:
@@ -145,10 +145,10 @@ def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str
     for ax, (name, key, what) in zip(axes, (("sign", "positive_heads_after", "positive heads after (d > 0)"),
                                             ("significant", "significant_positive_heads_after",
                                              "heads with 95% interval above 0, after"))):
-        for m in dict.fromkeys(method_label(c) for c in ok):
+        for k, m in enumerate(method_order(ok)):  # the colours of sweep.png
             pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
             if pts:
-                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8)
+                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8, color=f"C{k % 10}")
         c = corr[name]
         rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
         ax.set_title(f"Spearman {rho}", fontsize=10)
