@@ -10,7 +10,7 @@
 # Lisa runs its authors' 1:9 split scaled to the 50-step attack (5 + 45 steps), as in the demo.
 # Offline, CPU. Set STUDY_OUT to write elsewhere, SURGERY to use another `surgery` command; LRS, SEEDS, METHODS
 # and ALPHAS narrow a stage (the 2026-11-26 run: `SEEDS=0 ... baselines`, `SEEDS=0 METHODS=sft,surgery ALPHAS=3000
-# LRS=1e-4,2e-4 ... poison`).
+# LRS=1e-4,2e-4 ... poison`, `SEEDS=1 METHODS=lisa LRS=5e-4 ... baselines`).
 set -euo pipefail
 OUT=${STUDY_OUT:-study-out}
 SURGERY=${SURGERY:-surgery}
