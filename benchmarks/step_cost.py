@@ -147,6 +147,7 @@ def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: st
     benign, harmful, harmless = (torch.randint(100, model.config.vocab_size, (n, T), generator=g).to(dev)
                                  for n in (4, 1, 1))
     step = make_step(method, model, benign, harmful, harmless, plain)
+
     def run_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         step()

@@ -33,6 +33,9 @@ def report(
 
     console = Console()
     try:
+        for folder in sweeps:  # before the --out rule, which a mistyped folder would otherwise trip first
+            if not folder.is_dir():
+                raise InputError(f"{folder}: no such sweep folder")
         if out is None:
             if len(sweeps) > 1 or not (sweeps[0] / "sweep.json").is_file():
                 raise InputError("--out: required with several sweep folders or an unfinished one (a running sweep "

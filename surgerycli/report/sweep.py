@@ -57,20 +57,23 @@ def method_order(cells: list[dict]) -> list[str]:
     return sorted(dict.fromkeys(method_label(c) for c in cells), key=lambda m: (m != "SFT", m))
 
 
+def _grid_order(grid: dict) -> tuple:
+    """Sort key of a grid point: its values as numbers where they all are (5e-5 before 1e-4 before 1.5e-4),
+    else after every numeric point, by their text."""
+    try:
+        return (0, *map(float, grid.values()))
+    except ValueError:
+        return (1, *map(str, grid.values()))
+
+
 def layout(sweep: dict):
     """(methods, rows, by_key, failed): method labels; (grid point, ratio) rows; the aggregate per (row, method);
     the (row, method) pairs whose every seed failed."""
     cells = sweep["cells"]
-    methods = method_order(cells)
-    order = {}  # grid point -> its values as numbers where they all are (1e-4 before 5e-4 before 1e-3)
-    for c in cells:
-        values = list((c.get("grid") or {}).values())
-        try:
-            order.setdefault(point_label(c.get("grid") or {}), (0, *map(float, values)))
-        except ValueError:
-            order.setdefault(point_label(c.get("grid") or {}), (1, len(order)))
+    grids = {point_label(c.get("grid") or {}): c.get("grid") or {} for c in cells}
     rows = sorted(dict.fromkeys((point_label(c.get("grid") or {}), c["poison_ratio"]) for c in cells),
-                  key=lambda row: (order[row[0]], row[1]))
+                  key=lambda row: (_grid_order(grids[row[0]]), row[1]))
+    methods = method_order(cells)
     by_key = {(point_label(g["grid"]), g["poison_ratio"], method_label(g)): g for g in aggregate(cells)}
     failed = {(point_label(c.get("grid") or {}), c["poison_ratio"], method_label(c)) for c in cells} - set(by_key)
     return methods, rows, by_key, failed

@@ -30,6 +30,15 @@ def _tick(x: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _legend_beside(fig, axes) -> None:
+    """One legend to the right of the panels (it covers no bar), every label once, whichever panel drew it."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+
+
 def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[str, float]], methods: list[str],
                      by_key: dict, ratios: list[float]) -> None:
     """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), a row
@@ -66,11 +75,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
         ax.set_xlabel(key)
         ax.set_ylim(-2, 104)
         ax.set_title(f"{title}{over}, poison ratio {ratio:g}\nerror bars: 95% Wilson interval", fontsize=9)
-    legend = {}  # every method once, whichever ratio it ran at
-    for ax in grid_axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    _legend_beside(fig, grid_axes.flat)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
@@ -126,8 +131,7 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
                 ax.set_xlabel("poison ratio")
             ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
             ax.set_ylim(-2, 112)
-    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend, beside the plots: it covers no bar
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    _legend_beside(fig, [ax for column in axes for ax in column])
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
@@ -155,8 +159,7 @@ def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str
         ax.set_xlabel(what)
         ax.set_ylabel(f"harmful score, judge {judge}")
         ax.set_ylim(-4, 104)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    _legend_beside(fig, axes)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)

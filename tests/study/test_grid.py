@@ -85,3 +85,8 @@ def test_report_refuses_a_folder_without_a_sweep(tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke("report", tmp_path / "empty", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "not a sweep folder" in result.output and not (tmp_path / "o").exists()
+
+
+def test_report_names_a_missing_folder_before_asking_for_out(tmp_path):
+    result = invoke("report", tmp_path / "typo")
+    assert result.exit_code == 2 and f"{tmp_path / 'typo'}: no such sweep folder" in result.output
