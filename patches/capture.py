@@ -76,8 +76,8 @@ def capture_sinks(
         yield state
     finally:
         state.sink_index = None
-        # each column is a view of its layer's whole attention output (B, T, H, D + PAD): kept past the
-        # capture, they would hold 30 such outputs through the next step's SFT pass (0.16 GB on SmolLM2 at 2 x 1024)
+        # in training each column carries its layer's graph, which holds the attention output and SDPA's
+        # saved tensors: kept past the capture, 30 such graphs would live through the next step's SFT pass
         state.columns = {}
 
 

@@ -1,12 +1,13 @@
 """The CUDA paths, for `make gpu-check` on a CUDA machine (skipped where there is no GPU, as in CI).
 
 Sink parity against eager attention per SDPA backend and dtype, the Surgery loss and gradients against
-the eager reference, 4-bit loading on the asked device, a QLoRA Surgery run through `surgery finetune`
+the eager reference, the fused SFT losses (chunked, Liger) and their gradients against the model's own, 4-bit loading on the asked device, a QLoRA Surgery run through `surgery finetune`
 on a random Llama-3-8B-shaped model with 2 layers, and batched generation against one prompt at a time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -86,6 +87,51 @@ def test_surgery_loss_and_gradients_match_eager_on_cuda(arch):
     for name, g in ref_grads.items():  # no gradient at all (None) where the reference's is zero
         got = dict(model.named_parameters())[name].grad
         assert torch.allclose(torch.zeros_like(g) if got is None else got, g, atol=2e-6), name
+
+
+def _loss_case(model_type: str, dtype: torch.dtype):
+    """A tiny model with a 4096-word vocabulary on CUDA, a right-padded batch with a masked prompt."""
+    model = tiny_model(model_type, attn_implementation="eager", vocab_size=4096).to(CUDA, dtype).train()
+    ids, mask = padded_batch([9, 14, 6], "right", vocab=4096, seed=3)
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    labels[:, :4] = -100
+    return model, {"input_ids": ids.to(CUDA), "attention_mask": mask.to(CUDA), "labels": labels.to(CUDA)}
+
+
+def _loss_and_grads(model, loss_fn) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+FUSED = ["chunked", pytest.param("liger", marks=pytest.mark.skipif(
+    importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel"))]
+
+
+@pytest.mark.parametrize("kind", FUSED)
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_fused_sft_loss_and_gradients_on_cuda(arch, kind, monkeypatch):
+    """train.fused_cross_entropy on CUDA: the loss and every gradient equal the model's own loss in fp32,
+    and in bf16 they are no further from the fp32 truth than the model's own bf16 loss is."""
+    from surgerycli.train import loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "CHUNK_TOKENS", 5)  # several chunks, the last one short
+    model, inputs = _loss_case(arch, torch.float32)
+    truth, truth_grads = _loss_and_grads(model, lambda: model(**inputs).loss)
+    fused = lambda m: loss_mod.causal_lm_loss(m, inputs, use_liger=kind == "liger")  # noqa: E731
+    got, grads = _loss_and_grads(model, lambda: fused(model))
+    assert got == pytest.approx(truth, abs=1e-5)
+    for name, g in truth_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    model.to(torch.bfloat16)
+    plain16, plain16_grads = _loss_and_grads(model, lambda: model(**inputs).loss)
+    got16, grads16 = _loss_and_grads(model, lambda: fused(model))
+    assert abs(got16 - truth) <= 1.25 * abs(plain16 - truth) + 2e-2, (got16, plain16, truth)
+    for name, g in truth_grads.items():
+        err, ref = ((x[name] - g).norm() / g.norm().clamp_min(1e-12) for x in (grads16, plain16_grads))
+        assert err <= 1.25 * ref + 2e-2, (name, err.item(), ref.item())
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +216,15 @@ max_steps = 3
 max_length = 64
 logging_steps = 1
 gradient_checkpointing = true
+fused_cross_entropy = true
 """)
     out = tmp_path / "out"
     ok("finetune", recipe, "--output", out)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["device"] == "cuda" and summary["reference_tokens"] > 0
+    assert summary["steps"] == 3 and summary["device"].startswith("cuda") and summary["reference_tokens"] > 0
+    from surgerycli.train.loss import liger_available
+
+    assert summary["sft_loss_kind"] == ("liger" if liger_available(CUDA) else "chunked")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and all(torch.isfinite(torch.tensor([m["loss"], m["sink_loss"]])).all() for m in metrics)
     from safetensors.torch import load_file

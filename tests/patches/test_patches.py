@@ -145,19 +145,35 @@ def test_capture_needs_sink_mode():
             pass
 
 
-def test_capture_releases_the_attention_outputs_on_exit():
-    """Each recorded column is a view of its layer's whole attention output: a capture that kept them after
-    its exit would hold every layer's output through the next training step."""
+def test_columns_own_their_memory():
+    """A column must be a copy: a view of the layer's (B, T, H, D + PAD) attention output would keep that
+    whole output alive for as long as inspect keeps the column (every layer's, to the end of the pass)."""
+    model = tiny_model("llama", attn_implementation="sdpa")
+    ids, mask = padded_batch(LENGTHS, "right")
+    set_sink_mode(model, True)
+    with torch.no_grad(), capture_sinks(model, mask) as state:
+        model(input_ids=ids, attention_mask=mask)
+        cols = list(state.columns.values())
+    assert len(cols) == model.config.num_hidden_layers
+    for col in cols:  # (B, H, T): its storage holds B * H * T values, not B * T * H * (D + PAD)
+        assert col.shape == (len(LENGTHS), model.config.num_attention_heads, max(LENGTHS))
+        assert col.untyped_storage().nbytes() == col.numel() * col.element_size()
+
+
+def test_capture_releases_the_columns_and_their_graphs_on_exit():
+    """In training each column carries its layer's graph (the attention output, SDPA's saved tensors): a
+    capture that kept the columns after its exit would hold every layer's through the next training step."""
     import weakref
 
-    model = tiny_model("llama")
+    model = tiny_model("llama").train()
     ids, mask = padded_batch(LENGTHS, "right")
     set_sink_mode(model, True)
     with capture_sinks(model, mask) as state:
-        model(input_ids=ids, attention_mask=mask)
-        bases = [weakref.ref(col._base) for col in state.columns.values()]  # (B, T, H, D + PAD) outputs
-        assert len(bases) == model.config.num_hidden_layers and all(b() is not None for b in bases)
-    assert state.columns == {} and all(b() is None for b in bases)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        refs = [weakref.ref(col) for col in state.columns.values()]
+        assert len(refs) == model.config.num_hidden_layers and all(r() is not None and r().requires_grad for r in refs)
+    assert state.columns == {} and all(r() is None for r in refs)
+    assert logits.requires_grad  # the model's own graph is untouched
 
 
 def test_unsupported_architecture_lists_supported_ones():

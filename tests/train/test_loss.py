@@ -59,12 +59,3 @@ def test_with_a_lora_model_and_a_hand_computed_mean():
         keep = y != -100
         by_hand = -logp[keep].gather(1, y[keep][:, None]).mean()  # mean over learned tokens
         torch.testing.assert_close(causal_lm_loss(model, inputs, use_liger=False), by_hand, rtol=0, atol=1e-6)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not loss_mod.liger_available(torch.device("cuda")), reason="needs CUDA and liger-kernel")
-def test_liger_equals_plain_on_cuda():
-    model = tiny_model("llama", dtype=torch.float32).cuda().train()
-    inputs = {k: v.cuda() for k, v in batch(model.config.vocab_size).items()}
-    plain = model(**inputs).loss
-    torch.testing.assert_close(causal_lm_loss(model, inputs, use_liger=True), plain, rtol=0, atol=1e-5)
