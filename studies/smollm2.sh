@@ -9,8 +9,8 @@
 # done once, a cell shared by two stages runs once, and an interrupted stage resumes where it stopped.
 # Lisa runs its authors' 1:9 split scaled to the 50-step attack (5 + 45 steps), as in the demo.
 # Offline, CPU. Set STUDY_OUT to write elsewhere, SURGERY to use another `surgery` command; LRS, SEEDS, METHODS
-# and ALPHAS narrow a stage (the 2026-11-26 run: `SEEDS=0 ... baselines`, `SEEDS=0 METHODS=sft,surgery ALPHAS=3000
-# LRS=1e-4,2e-4 ... poison`, `SEEDS=1 METHODS=lisa LRS=5e-4 ... baselines`).
+# and ALPHAS narrow a stage (the 2026-11-25/26 runs took the four stages in narrowed pieces, e.g. `SEEDS=1
+# METHODS=surgery LRS=5e-4 ... main`; the cells are the same as the four stages' whole: 62 of them).
 set -euo pipefail
 OUT=${STUDY_OUT:-study-out}
 SURGERY=${SURGERY:-surgery}

@@ -15,7 +15,8 @@ the head, and they go through it in chunks:
   liger    CUDA with `liger-kernel` installed: Liger's fused linear cross-entropy (one kernel, no logits)
 
 Both give the plain loss (mean over learned tokens, logits upcast to fp32) and its gradient within fp32
-tolerance (tests/train/test_loss.py; on CUDA, Liger too: tests/gpu). Final-logit soft-capping (Gemma 2) is applied as the model's forward does.
+tolerance (tests/train/test_loss.py; on CUDA, Liger's too: tests/gpu). Final-logit soft-capping (Gemma 2)
+is applied as the model's forward does.
 """
 
 from __future__ import annotations

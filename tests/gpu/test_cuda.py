@@ -1,8 +1,9 @@
 """The CUDA paths, for `make gpu-check` on a CUDA machine (skipped where there is no GPU, as in CI).
 
 Sink parity against eager attention per SDPA backend and dtype, the Surgery loss and gradients against
-the eager reference, the fused SFT losses (chunked, Liger) and their gradients against the model's own, 4-bit loading on the asked device, a QLoRA Surgery run through `surgery finetune`
-on a random Llama-3-8B-shaped model with 2 layers, and batched generation against one prompt at a time.
+the eager reference, the fused SFT losses (chunked, Liger) and their gradients against the model's own,
+4-bit loading on the asked device, a QLoRA Surgery run through `surgery finetune` on a random
+Llama-3-8B-shaped model with 2 layers, and batched generation against one prompt at a time.
 """
 
 from __future__ import annotations
