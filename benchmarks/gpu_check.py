@@ -55,9 +55,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     py, bench = sys.executable, str(HERE)
     q = args.quick
-    import importlib.util
+    from surgerycli.train.loss import liger_available
 
-    losses = ["chunked", "plain"] + ["liger"] * (importlib.util.find_spec("liger_kernel") is not None)
+    losses = ["chunked", "plain"] + ["liger"] * liger_available(torch.device("cuda"))
     steps = {
         "tests": ("CUDA tests (tests/gpu)", [py, "-m", "pytest", "-m", "cuda", "tests/gpu", "-q", "-rs", "-s"], 600),
         "inspect": ("inspect_memory: SmolLM2, bf16", [py, f"{bench}/inspect_memory.py", "--device", "cuda", "--dtype",

@@ -8,7 +8,6 @@ Llama-3-8B-shaped model with 2 layers, and batched generation against one prompt
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import torch
 from clirun import ok
 from parity import eager_reference, patched, reference_sink_loss
 from tiny import padded_batch, tiny_model
+
+from surgerycli.train.loss import liger_available
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
@@ -107,8 +108,7 @@ def _loss_and_grads(model, loss_fn) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-FUSED = ["chunked", pytest.param("liger", marks=pytest.mark.skipif(
-    importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel"))]
+FUSED = ["chunked", pytest.param("liger", marks=pytest.mark.skipif(not liger_available(CUDA), reason="needs liger-kernel"))]
 
 
 @pytest.mark.parametrize("kind", FUSED)
@@ -223,8 +223,6 @@ fused_cross_entropy = true
     ok("finetune", recipe, "--output", out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["device"].startswith("cuda") and summary["reference_tokens"] > 0
-    from surgerycli.train.loss import liger_available
-
     assert summary["sft_loss_kind"] == ("liger" if liger_available(CUDA) else "chunked")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and all(torch.isfinite(torch.tensor([m["loss"], m["sink_loss"]])).all() for m in metrics)
