@@ -13,6 +13,7 @@ from .capture import (
     model_type,
     set_sink_mode,
     sink_index,
+    sink_mode,
     sink_per_sample,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "set_sink_mode",
     "sink_attention_forward",
     "sink_index",
+    "sink_mode",
     "sink_per_sample",
 ]

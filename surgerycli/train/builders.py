@@ -17,7 +17,7 @@ from ..data.refsets import RefSet, named_refset, sample
 from ..errors import InputError
 from .defenses import Defense
 from .recipe import Recipe
-from .sections import DataSection, LoraSection, ModelSection, QuantizationSection, TrainSection
+from .sections import DataSection, LoraSection, MeasureSection, ModelSection, QuantizationSection, TrainSection
 
 REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the first 1000 of each
 
@@ -30,9 +30,9 @@ def build_examples(data: DataSection, seed: int, defense: Defense) -> tuple[list
     return defense.mix(mix, random.Random(seed)), n_harmful
 
 
-def build_references(recipe: Recipe) -> tuple[RefSet, RefSet]:
-    """Both Surgery reference sets (also what sink_before/after.json measure), at most REFERENCE_POOL each."""
-    s, seed = recipe.methods["surgery"], recipe.train.seed
+def build_references(measure: MeasureSection, seed: int) -> tuple[RefSet, RefSet]:
+    """Both reference sets (Surgery's, and what sink_before/after.json measure), at most REFERENCE_POOL each."""
+    s = measure
     harm, safe = named_refset(s.harmful_reference, "harmful"), named_refset(s.harmless_reference, "harmless")
     if s.reference_rows == "first":  # the reference code's pool: the first 1000 rows of each set
         return (RefSet(harm.path, harm.samples[:REFERENCE_POOL]), RefSet(safe.path, safe.samples[:REFERENCE_POOL]))
@@ -116,6 +116,6 @@ def mix_table(recipe: Recipe, defense: Defense, n_total: int, n_harmful: int) ->
     table.add_row("benign", str(n_total - n_harmful), f"{data.benign} ({data.benign_format})")
     table.add_row("harmful", str(n_harmful), str(data.harmful or "-"))
     table.add_row("total", str(n_total), f"poison_ratio {data.poison_ratio:g}, seed {recipe.train.seed}")
-    for row in defense.plan():
+    for row in defense.plan(recipe):
         table.add_row(*row)
     return table

@@ -37,15 +37,15 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
     from ..sink import measure_refsets, result_record
     from .defenses.surgery import reference_length
 
-    s = recipe.methods["surgery"]
-    if not s.measure_samples:
+    s = recipe.measure
+    if not s.samples:
         return None
-    harm, safe = sample(harm, s.measure_samples, recipe.train.seed), sample(safe, s.measure_samples, recipe.train.seed)
+    harm, safe = sample(harm, s.samples, recipe.train.seed), sample(safe, s.samples, recipe.train.seed)
     model.eval()
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        summary = measure_refsets(model, tokenizer, harm, safe, max_length=reference_length(recipe), batch_size=8,
-                                  sink_position=s.sink_position, device=device, progress=progress,
-                                  where="surgery.sink_position")
+        summary = measure_refsets(model, tokenizer, harm, safe, max_length=reference_length(s, recipe.train.max_length),
+                                  batch_size=8, sink_position=s.sink_position, device=device, progress=progress,
+                                  where="measure.sink_position")
     return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
 
 
@@ -90,59 +90,36 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
     return resume_from
 
 
-def train(model, tokenizer, rows: list[dict], defense: Defense, recipe: Recipe, device: torch.device,
-          resume_from: Path | None, probe: list[str], console: Console):
-    """Run the Trainer (in sink mode when the defense asks for it, with the harmful-score probe when
-    `probe` holds prompts); (trainer, wall seconds)."""
+def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context: DefenseContext, recipe: Recipe,
+                  device: torch.device, probe: list[str], console: Console):
+    """The Trainer, with the defense set up (its data read and tokenized: errors come before any output is
+    written) and the harmful-score probe when `probe` holds prompts."""
     from transformers import PrinterCallback
 
-    from surgerycli.patches import set_sink_mode
-
     from ..data.finetune import pad_batch
-    from .trainer import DEFENSE_STATE, DefenseTrainer
+    from .trainer import DefenseTrainer
 
     out = Path(recipe.output.dir)
     metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
         model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer),
-        train_dataset=rows, defense=defense, metrics=metrics[len(defense.metrics):], loss=loss_kind(recipe.train, device),
+        train_dataset=rows, defense=defense, context=context, loss=loss_kind(recipe.train, device),
         data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
         callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)]
         if is_main() else [],  # rank 0 alone shows the bar and logs
     )
     trainer.remove_callback(PrinterCallback)
-    check_parallelism(trainer)
     if probe and is_main():  # the other ranks go on to the next step and wait for rank 0 at its all-reduce
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
                                        recipe.data.system_prompt))
-    if resume_from is not None and (resume_from / DEFENSE_STATE).is_file():
-        defense.load_state_dict(torch.load(resume_from / DEFENSE_STATE, weights_only=False))
-    start = time.time()
-    set_sink_mode(model, defense.sink_mode)
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        set_sink_mode(model, False)
-    return trainer, time.time() - start
-
-
-def check_parallelism(trainer) -> None:
-    """One process or DDP: the engines whose gradients `train.distributed` syncs. FSDP and DeepSpeed shard the
-    weights, which the rank-0 measurement and save and the extra passes of the defenses do not handle yet."""
-    from accelerate.utils import DistributedType
-
-    kind = trainer.accelerator.distributed_type
-    if kind not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-        raise InputError(f"accelerate distributed_type {kind.value}: surgery finetune runs on one process or with DDP "
-                         f"(recipes/accelerate/ddp.yaml, or torchrun); sharded engines (FSDP, DeepSpeed) are not "
-                         f"supported yet")
+    return trainer
 
 
 def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, resume_from: Path | None,
                 samples: int, n_harmful: int, device: torch.device, before: dict | None, after: dict | None) -> dict:
     """summary.json: what ran, how much, how fast, the defense's last logged metrics, the positive heads."""
-    tokens = trainer.tokens
+    tokens = trainer.token_counts
     last = records[-1] if records else {}
     return {
         "method": defense.name,
@@ -206,7 +183,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     recipe = load_recipe(recipe_path, overrides, output)
     defense = build_defense(recipe)
     mix, n_harmful = build_examples(recipe.data, recipe.train.seed, defense)
-    harm, safe = build_references(recipe)
+    harm, safe = build_references(recipe.measure, recipe.train.seed)
     probe, dropped = probe_prompts(recipe.monitor, [mix, harm.samples, safe.samples]) if recipe.monitor.every_steps else ([], 0)
     out = Path(recipe.output.dir)
     if out.exists() and not out.is_dir():
@@ -235,16 +212,18 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
         return build_dataset(tokenizer, chats, recipe.data.system_prompt, recipe.train.max_length)
 
     rows = encode(mix)
-    defense.setup(DefenseContext(model, tokenizer, recipe, harm, safe, encode=encode))
+    context = DefenseContext(model, tokenizer, recipe.train.seed, recipe.train.max_length, encode, (harm, safe))
+    trainer = build_trainer(model, tokenizer, rows, defense, context, recipe, device, probe, console)
     with FolderLock(out, "output.dir") if is_main() else contextlib.nullcontext():
-        return _run(model, tokenizer, recipe, defense, rows, n_harmful, harm, safe, probe, device, resume, console)
+        return _run(trainer, tokenizer, recipe, context.references, n_harmful, probe, device, resume, console)
 
 
-def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n_harmful: int, harm: RefSet,
-         safe: RefSet, probe: list[str], device: torch.device, resume: bool, console: Console) -> dict | None:
+def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], n_harmful: int, probe: list[str],
+         device: torch.device, resume: bool, console: Console) -> dict | None:
     """Train and write every output into output.dir (its lock held by rank 0). Rank 0 prepares the folder,
     measures and writes; other ranks train beside it and return None."""
     out, main = Path(recipe.output.dir), is_main()
+    model, defense, (harm, safe) = trainer.model, trainer.defense, references
     if main:
         resume_from = prepare_output(out, resume)
         atomic_write_text(out / "recipe.resolved.toml", dump_recipe(recipe))
@@ -255,7 +234,9 @@ def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n
     if not main:
         checkpoints = out / "checkpoints"
         resume_from = last_checkpoint(checkpoints) if resume and checkpoints.is_dir() else None
-    trainer, wall = train(model, tokenizer, rows, defense, recipe, device, resume_from, probe, console)
+    start = time.time()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    wall = time.time() - start
     if not main:
         barrier()
         return None
@@ -269,7 +250,7 @@ def _run(model, tokenizer, recipe: Recipe, defense: Defense, rows: list[dict], n
 
         write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
                             metrics_of(defense, probe))
-    summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(rows),
+    summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(trainer.train_dataset),
                           n_harmful=n_harmful, device=device, before=before, after=after)
     write_json(out / "summary.json", summary)
     barrier()

@@ -23,17 +23,22 @@ from ..data.pairs import BUILTIN_PAIRS
 from ..data.refsets import BUILTIN_REFSETS
 from ..errors import InputError
 from .sections import (
-    DataSection, DefenseSection, Exists, Expect, LoraSection, ModelSection, MonitorSection, OutputSection,
-    QuantizationSection, Section, TrainSection,
+    DataSection, DefenseSection, Exists, Expect, LoraSection, MeasureSection, ModelSection, MonitorSection,
+    OutputSection, QuantizationSection, Section, TrainSection,
 )
 
 
 CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
-        "defense": DefenseSection}
+        "measure": MeasureSection, "defense": DefenseSection}
 TAIL = {"train": TrainSection, "monitor": MonitorSection, "output": OutputSection}
 BUILTIN_NAMES = {"refset": BUILTIN_REFSETS, "pairs": BUILTIN_PAIRS}  # Exists kinds that also take built-in names
 REMOVED = {("surgery", "enabled"): 'removed: choose the method with [defense] method = "surgery" or "sft" '
-                                   '(no defense)'}
+                                   '(no defense)',
+           # the sink measurement's settings serve every method, so they left Surgery's own section
+           **{("surgery", old): f"moved: [measure] {new} (the sink measurement's settings, for every method)"
+              for old, new in (("sink_position", "sink_position"), ("harmful_reference", "harmful_reference"),
+                               ("harmless_reference", "harmless_reference"), ("reference_rows", "reference_rows"),
+                               ("max_length", "max_length"), ("measure_samples", "samples"))}}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Recipe:
     quantization: QuantizationSection
     lora: LoraSection
     data: DataSection
+    measure: MeasureSection
     defense: DefenseSection
     train: TrainSection
     monitor: MonitorSection
@@ -184,6 +190,33 @@ def _merge(raw: dict, overrides: list[str], problems: list[str]) -> dict:
     return merged
 
 
+def _section(name: str, cls: type[Section], given: dict, check_files: bool) -> tuple[Section | None, list[str]]:
+    """(the section, or None when its types are wrong; every problem of it, each with its key path)."""
+    try:
+        section, bad, problems = cls(**given), set(), []
+    except ValidationError as e:
+        section, problems = None, _section_problems(name, cls, given, e)
+        bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
+    if check_files:  # also for the keys that passed when another key of the section failed
+        problems += _file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+    return section, problems
+
+
+def build_sections(owner: str, parts: dict[str, tuple[type[Section], dict]]) -> dict[str, Section]:
+    """Sections from keyword values ({name: (class, values)}), validated as the recipe's are (same defaults,
+    same one-line errors, every problem at once, prefixed by `owner`), local paths made absolute: what the
+    Python API's defense objects are built from."""
+    sections, problems = {}, []
+    for name, (cls, values) in parts.items():
+        section, found = _section(name, cls, values, check_files=True)
+        problems += found
+        if section is not None:
+            sections[name] = section.model_copy(update=_absolute_paths(section))
+    if problems:
+        raise InputError(f"{owner}: " + "; ".join(problems))
+    return sections
+
+
 def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str, Section]:
     from .passthrough import trainer_problems
 
@@ -200,14 +233,10 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
     sections = {}
     for name, cls in classes.items():
         given = merged.get(name) if isinstance(merged.get(name), dict) else {}
-        try:
-            sections[name] = cls(**given)
-            bad = set()
-        except ValidationError as e:
-            problems += _section_problems(name, cls, given, e)
-            bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
-        if check_files:  # also for the keys that passed when another key of the section failed
-            problems += _file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+        section, found = _section(name, cls, given, check_files)
+        problems += found
+        if section is not None:
+            sections[name] = section
     from .defenses import registry
 
     if "defense" in sections and sections["defense"].method not in registry():  # a key's check: with the rest
@@ -245,6 +274,11 @@ def _absolute(value: str | None) -> str | None:
     return value
 
 
+def _absolute_paths(section: Section) -> dict[str, str | None]:
+    return {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
+            if any(isinstance(m, Exists) and m.kind in ("file", "template", *BUILTIN_NAMES) for m in info.metadata)}
+
+
 def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
     """Replace `auto`/unset values by what this machine will use, so the resolved recipe is explicit."""
     import torch
@@ -259,8 +293,7 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
     if s["output"].dir is None:
         s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
     for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
-        paths = {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
-                 if any(isinstance(m, Exists) and m.kind in ("file", "template", *BUILTIN_NAMES) for m in info.metadata)}
+        paths = _absolute_paths(section)
         if paths:
             s[name] = section.model_copy(update=paths)
 

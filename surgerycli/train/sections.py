@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from ..data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+
 
 class Section(BaseModel):
     """A recipe section: strict types, unknown keys refused, frozen once validated."""
@@ -86,6 +88,19 @@ class DataSection(Section):
     poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     num_samples: Annotated[int, Field(ge=1)] = 1000
     system_prompt: str = ""
+
+
+class MeasureSection(Section):
+    """[measure]: the sink statistic's settings, shared by `finetune` (sink_before/after.json, for every method),
+    `inspect` and the defenses that regularize it (Surgery's reference batches)."""
+
+    sink_position: Annotated[int, Field(ge=0)] = 0  # the sink key: this many tokens after the first real token
+    harmful_reference: RefSetSource = DEFAULT_HARMFUL
+    harmless_reference: RefSetSource = DEFAULT_HARMLESS
+    reference_rows: Literal["sample", "first"] = "sample"  # the pool of 1000 per set: drawn with the seed, or the
+    # first 1000 in file order (the reference code's)
+    max_length: Annotated[int | None, Field(ge=8)] = None  # tokens per reference sample; default train.max_length
+    samples: Annotated[int, Field(ge=0)] = 64  # per set, for sink_before/after.json; 0 skips them
 
 
 class DefenseSection(Section):

@@ -42,8 +42,8 @@ poison_ratio = 0.0
 num_samples = 8
 [defense]
 method = "sft"
-[surgery]
-measure_samples = 2
+[measure]
+samples = 2
 [train]
 batch_size = 4
 max_length = 96

@@ -31,7 +31,8 @@ num_samples = 12
 system_prompt = "You are careful."
 [surgery]
 alpha = 10.0
-measure_samples = 0
+[measure]
+samples = 0
 [train]
 batch_size = 4
 max_length = 64

@@ -34,7 +34,8 @@ num_samples = 20
 [surgery]
 alpha = 50.0
 reference_batch_size = 2
-measure_samples = 4
+[measure]
+samples = 4
 [train]
 batch_size = 4
 max_length = 96
@@ -164,7 +165,7 @@ def test_dry_run_prints_the_mix_and_writes_nothing(tmp_path, tiny_llama_dir, dat
     (["surgery.alpha=\"high\"", "train.batch_size=0"],
      r'2 problems: surgery.alpha: expected a number >= 0, got "high"; train.batch_size: expected an integer >= 1'),
     (["data.num_samples=30", "data.poison_ratio=0.5"], r"needs 15 examples from data.harmful, which has 10"),
-    (["surgery.harmful_reference=nowhere.jsonl"], r"surgery.harmful_reference: no such file"),
+    (["measure.harmful_reference=nowhere.jsonl"], r"measure.harmful_reference: no such file"),
     (["lora.target_modules=[\"nonexistent_proj\"]"], r"lora.target_modules: "),
     (["bad"], r"--set bad: expected section.key=value"),
 ])
@@ -187,7 +188,7 @@ def test_smollm2_cpu_recipe_runs(tmp_path, data):
     out = tmp_path / "smol"
     run(ROOT / "recipes" / "smollm2-cpu-surgery.toml", out, f"data.benign={data / 'gsm.jsonl'}",
         f"data.harmful={data / 'harm.jsonl'}", "data.num_samples=20", "train.max_steps=3",
-        "surgery.measure_samples=4", "train.logging_steps=1")
+        "measure.samples=4", "train.logging_steps=1")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["method"] == "surgery"
     after = json.loads((out / "sink_after.json").read_text())
@@ -207,7 +208,7 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path, tiny_lla
     out = tmp_path / "killed"
     path = recipe(tmp_path, tiny_llama_dir, data)
     cmd = [sys.executable, "-m", "surgerycli", "finetune", str(path), "--output", str(out),
-           "--set", "train.max_steps=40", "--set", "train.save_steps=1", "--set", "surgery.measure_samples=0"]
+           "--set", "train.max_steps=40", "--set", "train.save_steps=1", "--set", "measure.samples=0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
@@ -216,7 +217,7 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path, tiny_lla
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "adapter").exists()  # killed before the end: no adapter, not a partial one
-    run(path, out, "train.max_steps=40", "train.save_steps=1", "surgery.measure_samples=0")
+    run(path, out, "train.max_steps=40", "train.save_steps=1", "measure.samples=0")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["resumed_from"] is not None
     assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 2
@@ -286,8 +287,8 @@ def test_full_finetuning_writes_a_model_that_inspect_and_eval_take(tmp_path, tin
 
     out = tmp_path / "full"
     harm, safe = refs
-    run(recipe(tmp_path, tiny_llama_dir, data), out, "lora.enabled=false", f"surgery.harmful_reference={harm}",
-        f"surgery.harmless_reference={safe}")
+    run(recipe(tmp_path, tiny_llama_dir, data), out, "lora.enabled=false", f"measure.harmful_reference={harm}",
+        f"measure.harmless_reference={safe}")
     assert (out / "model" / "config.json").is_file() and any((out / "model").glob("*.safetensors"))
     assert not (out / "adapter").exists() and (out / "model" / "tokenizer_config.json").is_file()
     ids = torch.tensor([[5, 9, 14, 3, 7]])

@@ -151,3 +151,38 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_llama
 def test_usage_errors_exit_2():
     assert invoke("smollm2", "--samples", 0).exit_code == 2
     assert invoke("smollm2", "columns").exit_code == 2
+
+
+def test_recipe_measures_what_finetune_measures(tmp_path, tiny_llama_dir):
+    """`--recipe` takes the [measure] section and train.seed: the same statistic as finetune's sink_before.json."""
+    from rich.console import Console
+
+    from surgerycli.models import load_model
+    from surgerycli.train.builders import build_references
+    from surgerycli.train.finetune import measure_record
+    from surgerycli.train.recipe import load_recipe
+
+    for name, word in (("harm", "weapon"), ("safe", "bread")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"prompt": f"How do I make a {word} of kind {i} at home today?"}) + "\n" for i in range(9)))
+    (tmp_path / "gsm.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nname = "{tiny_llama_dir}"\n[data]\nbenign = "{tmp_path / "gsm.jsonl"}"\npoison_ratio = 0.0\n'
+                    f'[measure]\nharmful_reference = "{tmp_path / "harm.jsonl"}"\nharmless_reference = "{tmp_path / "safe.jsonl"}"\n'
+                    f'samples = 5\nsink_position = 1\nmax_length = 80\n[train]\nseed = 7\n')
+    result = invoke(tiny_llama_dir, "--recipe", path, "--json", tmp_path / "i.json", "--bootstrap", 0)
+    assert result.exit_code == 0, result.output
+    got = json.loads((tmp_path / "i.json").read_text())
+    recipe = load_recipe(path)
+    model, tok = load_model(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    want = measure_record(model, tok, recipe, *build_references(recipe.measure, 7), torch.device("cpu"), Console())
+    assert (got["sink_position"], got["harmful"]["n_samples"]) == (1, 5)
+    torch.testing.assert_close(torch.tensor(got["divergence"]), torch.tensor(want["divergence"]), rtol=0, atol=1e-6)
+    assert got["divergence"] != json.loads(invoke_json(tmp_path, tiny_llama_dir, path, "--sink-position", 0))["divergence"]
+
+
+def invoke_json(tmp_path, *args) -> str:
+    model, recipe, *rest = args
+    result = invoke(model, "--recipe", recipe, "--json", tmp_path / "j.json", "--bootstrap", 0, *rest)
+    assert result.exit_code == 0, result.output
+    return (tmp_path / "j.json").read_text()

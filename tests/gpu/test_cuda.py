@@ -207,10 +207,10 @@ poison_ratio = 0.2
 num_samples = 20
 [defense]
 method = "surgery"
-[surgery]
+[measure]
 harmful_reference = "{tmp_path / 'harmful.jsonl'}"
 harmless_reference = "{tmp_path / 'benign.jsonl'}"
-measure_samples = 4
+samples = 4
 [train]
 batch_size = 4
 max_steps = 3

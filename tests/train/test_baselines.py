@@ -4,7 +4,6 @@ checkpointing, resume)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 from pathlib import Path
@@ -17,29 +16,26 @@ from tiny import tiny_model
 
 from surgerycli.data.chat import turns
 from surgerycli.data.finetune import pad_batch
+from surgerycli.errors import InputError
 from surgerycli.train.defenses import registry
 
 
-class FakeTrainer:
-    """The part of DefenseTrainer a defense's step uses: one SFT forward and backward, scaled as the Trainer."""
+def hosted(model, defense, out: Path, accumulation: int = 1, tokenizer=None):
+    """A real transformers Trainer running `defense` through the API's mixin, set at one micro-step of an
+    optimizer step that accumulates `accumulation` of them (what the training loop sets)."""
+    from transformers import Trainer, TrainingArguments
 
-    def __init__(self, accumulation: int = 1):
-        self.current_gradient_accumulation_steps = accumulation
-        self.recorded: dict[str, float] = {}
+    from surgerycli import with_defense
 
-    def compute_loss_context_manager(self):
-        return contextlib.nullcontext()
+    args = TrainingArguments(output_dir=str(out), use_cpu=True, per_device_train_batch_size=3, report_to="none",
+                             gradient_accumulation_steps=accumulation)
+    trainer = with_defense(Trainer)(model=model, args=args, defense=defense, processing_class=tokenizer)
+    trainer.current_gradient_accumulation_steps = accumulation
+    return trainer
 
-    def _prepare_inputs(self, inputs):
-        return inputs
 
-    def record(self, key, value):
-        self.recorded[key] = value
-
-    def sft_step(self, model, inputs, num_items_in_batch=None):
-        loss = model(**inputs, use_cache=False).loss
-        (loss / self.current_gradient_accumulation_steps).backward()
-        return loss.detach()
+def recorded(trainer, key: str) -> float:
+    return trainer._defense_metrics[key][-1]
 
 
 def batch(seed: int, rows: int = 3, length: int = 9) -> dict:
@@ -55,24 +51,24 @@ def grads(model) -> dict[str, torch.Tensor]:
 # ---- SafeInstr -----------------------------------------------------------------------------------
 
 def test_safeinstr_mixes_exactly_the_configured_count_seeded(tmp_path):
-    from surgerycli.train.defenses.safeinstr import SafeInstr, SafeInstrOptions
+    from surgerycli import SafeInstr
 
     safety = tmp_path / "safety.jsonl"
     safety.write_text("".join(json.dumps({"prompt": f"bad {i}?", "response": "No.", "is_safe": True}) + "\n"
                               for i in range(20)) + json.dumps({"prompt": "x", "response": "y", "is_safe": False}) + "\n")
-    recipe = type("R", (), {"data": type("D", (), {"num_samples": 100})()})()
     user = [turns(f"q{i}", f"a{i}") for i in range(100)]
-    defense = SafeInstr(SafeInstrOptions(safety_data=str(safety), num=7), recipe)
+    defense = SafeInstr(safety_data=str(safety), num=7)
     mixed = defense.mix(list(user), random.Random(3))
     added = [m for m in mixed if m[0]["content"].startswith("bad ")]
     assert len(mixed) == 107 and len(added) == 7 and all(m[1]["content"] == "No." for m in added)
     assert not any(m[0]["content"] == "x" for m in mixed)  # the unsafe row is not a safety sample
     assert mixed == defense.mix(list(user), random.Random(3))  # seeded
     assert mixed != defense.mix(list(user), random.Random(4))
-    default = SafeInstr(SafeInstrOptions(safety_data=str(safety)), recipe)
-    assert default.count() == 3  # round(0.03 * 100), the paper's 3%
-    with pytest.raises(Exception, match="safeinstr.num: 50 safety samples asked"):
-        SafeInstr(SafeInstrOptions(safety_data=str(safety), num=50), recipe).mix(list(user), random.Random(0))
+    assert defense.mixed == 7
+    default = SafeInstr(safety_data=str(safety))
+    assert default.count(100) == 3  # round(0.03 * 100), the paper's 3%
+    with pytest.raises(InputError, match="safeinstr.num: 50 safety samples asked"):
+        SafeInstr(safety_data=str(safety), num=50).mix(list(user), random.Random(0))
 
 
 # ---- Lisa ----------------------------------------------------------------------------------------
@@ -105,8 +101,8 @@ def test_lisa_proximal_gradient_is_rho_times_the_drift():
 # ---- Vaccine -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_vaccine_perturbation_and_gradient_at_the_perturbed_point(arch):
-    from surgerycli.train.defenses.vaccine import Vaccine, VaccineOptions
+def test_vaccine_perturbation_and_gradient_at_the_perturbed_point(arch, tmp_path):
+    from surgerycli import Vaccine
 
     inputs, rho = batch(0), 0.5
     model = tiny_model(arch, attn_implementation="sdpa").train()
@@ -133,11 +129,11 @@ def test_vaccine_perturbation_and_gradient_at_the_perturbed_point(arch):
     expected = grads(model)
     model.zero_grad()
 
-    trainer = FakeTrainer()
-    Vaccine(VaccineOptions(rho=rho), None).training_step(trainer, model, inputs)
+    trainer = hosted(model, Vaccine(rho=rho), tmp_path)
+    trainer.training_step(model, inputs)
     got = grads(model)
     assert torch.sqrt(sum((x ** 2).sum() for x in e)) == pytest.approx(rho, rel=1e-5)  # norm rho along g
-    assert trainer.recorded["hidden_grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+    assert recorded(trainer, "hidden_grad_norm") == pytest.approx(float(norm), rel=1e-5)
     assert set(got) == set(expected)
     for n in expected:
         assert torch.allclose(got[n], expected[n], atol=1e-6), n
@@ -148,10 +144,12 @@ def test_vaccine_perturbation_and_gradient_at_the_perturbed_point(arch):
 
 # ---- Booster -------------------------------------------------------------------------------------
 
-def test_booster_gradient_equals_autograd_of_its_formula():
+def test_booster_gradient_equals_autograd_of_its_formula(tmp_path, tokenizer_dir, monkeypatch):
     from torch.func import functional_call
+    from transformers import AutoTokenizer
 
-    from surgerycli.train.defenses.booster import Booster, BoosterOptions
+    import surgerycli.train.defenses.booster as booster_module
+    from surgerycli import Booster
 
     alpha, lamb, accumulation = 0.1, 5.0, 2
     align, harmful = batch(1), batch(2)
@@ -170,23 +168,14 @@ def test_booster_gradient_equals_autograd_of_its_formula():
     total = loss(w, align) + lamb * (loss(w, harmful) - loss({n: w[n] - alpha * d[n] for n in w}, harmful))
     expected = dict(zip(w, torch.autograd.grad(total / accumulation, list(w.values()))))
 
-    defense = Booster(BoosterOptions(lamb=lamb, alpha=alpha), type("R", (), {"train": type("T", (), {"seed": 0})})())
-    trainer = FakeTrainer(accumulation)
-    trainer.args = type("A", (), {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 1})()
-    trainer.state, trainer.micro_index = type("S", (), {"global_step": 0})(), 0
-    defense.rows, defense.pad_id = [], 0
-    import surgerycli.train.defenses.booster as booster_module
-
-    original = booster_module.draw_batch
-    booster_module.draw_batch = lambda *a, **k: harmful  # the same harmful batch as the direct computation
-    try:
-        defense.training_step(trainer, model, align)
-    finally:
-        booster_module.draw_batch = original
+    trainer = hosted(model, Booster(lamb=lamb, alpha=alpha), tmp_path, accumulation,
+                     AutoTokenizer.from_pretrained(tokenizer_dir))
+    monkeypatch.setattr(booster_module, "draw_batch", lambda *a, **k: harmful)  # the direct computation's batch
+    trainer.training_step(model, align)
     for n, p in params.items():
         assert torch.equal(p.detach(), before[n]), n  # the harmful step was undone
         assert torch.allclose(p.grad, expected[n], atol=2e-6), n
-    assert trainer.recorded["harmful_drop"] > 0  # one normalized harmful step lowers the harmful loss
+    assert recorded(trainer, "harmful_drop") > 0  # one normalized harmful step lowers the harmful loss
 
 
 # ---- every defense through `surgery finetune` ----------------------------------------------------
@@ -215,7 +204,8 @@ num_samples = 20
 method = "{method}"
 [surgery]
 alpha = 50.0
-measure_samples = 2
+[measure]
+samples = 2
 [safeinstr]
 num = 2
 [lisa]

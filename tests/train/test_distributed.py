@@ -51,9 +51,10 @@ poison_ratio = 0.0
 num_samples = 16
 [surgery]
 alpha = 50.0
+[measure]
 harmful_reference = "{tmp_path / 'harm.jsonl'}"
 harmless_reference = "{tmp_path / 'safe.jsonl'}"
-measure_samples = 1
+samples = 1
 [train]
 batch_size = 2
 max_length = 64

@@ -59,7 +59,8 @@ def test_full_recipe_is_the_papers_setting():
     assert not r.lora.enabled and not r.quantization.load_in_4bit and r.model.dtype == "bfloat16"
     assert (r.train.learning_rate, r.train.lr_scheduler, r.train.epochs, r.train.batch_size) == (5e-6, "constant", 5.0, 10)
     assert (r.data.num_samples, r.data.system_prompt, r.train.max_length) == (1000, "You are a helpful assistant.", 1024)
-    assert (s.alpha, s.sink_position, s.reference_rows, s.max_length, s.reference_batch_size) == (300.0, 0, "first", 512, 1)
+    m = r.measure
+    assert (s.alpha, m.sink_position, m.reference_rows, m.max_length, s.reference_batch_size) == (300.0, 0, "first", 512, 1)
 
 
 def test_defaults_filled_and_round_trip(tmp_path, tiny_llama_dir):
@@ -133,6 +134,17 @@ def test_defense_section_picks_a_registered_method(tmp_path, tiny_llama_dir):
     legacy = minimal(tmp_path, tiny_llama_dir, "[surgery]\nenabled = false\n")
     with pytest.raises(InputError, match=r"1 problem: surgery.enabled: removed: choose the method with \[defense\] method"):
         load_recipe(legacy)
+
+
+def test_a_moved_measurement_key_says_where_it_went(tmp_path, tiny_llama_dir):
+    old = minimal(tmp_path, tiny_llama_dir, "[surgery]\nalpha = 3.0\nmeasure_samples = 4\nsink_position = 1\n")
+    with pytest.raises(InputError) as e:
+        load_recipe(old)
+    assert str(e.value).endswith("2 problems: surgery.measure_samples: moved: [measure] samples (the sink measurement's "
+                                 "settings, for every method); surgery.sink_position: moved: [measure] sink_position "
+                                 "(the sink measurement's settings, for every method)")
+    new = load_recipe(minimal(tmp_path, tiny_llama_dir, "[measure]\nsamples = 4\nsink_position = 1\n"))
+    assert (new.measure.samples, new.measure.sink_position) == (4, 1)
 
 
 def test_shipped_accelerate_configs_load_and_say_how_to_run():

@@ -181,17 +181,18 @@ def test_reference_rows_first_and_reference_length(tmp_path, tiny_llama_dir):
     (tmp_path / "gsm.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
     path = tmp_path / "r.toml"
     path.write_text(f'[model]\nname = "{tiny_llama_dir}"\n[data]\nbenign = "{tmp_path / "gsm.jsonl"}"\n'
-                    f'poison_ratio = 0.0\n[surgery]\nharmful_reference = "{bt}"\nharmless_reference = "{bt}"\n'
+                    f'poison_ratio = 0.0\n[measure]\nharmful_reference = "{bt}"\nharmless_reference = "{bt}"\n'
                     f'reference_rows = "first"\nmax_length = 16\n[train]\nmax_length = 64\n')
     recipe = load_recipe(path)
-    harm, safe = build_references(recipe)
+    harm, safe = build_references(recipe.measure, recipe.train.seed)
     unsafe = [i for i in range(1600) if i % 3]
     assert [s[0]["content"].split()[0] for s in harm.samples] == [f"p{i}" for i in unsafe[:1000]]  # file order
     assert [s[0]["content"].split()[0] for s in safe.samples] == [f"p{i}" for i in range(0, 1600, 3)]  # all 534
-    sampled, _ = build_references(load_recipe(path, ["surgery.reference_rows=sample"]))
+    sampled, _ = build_references(load_recipe(path, ["measure.reference_rows=sample"]).measure, recipe.train.seed)
     assert len(sampled.samples) == 1000 and sampled.samples != harm.samples
     from transformers import AutoTokenizer
 
-    defense = Surgery(recipe.methods["surgery"], recipe)
-    defense.setup(DefenseContext(None, AutoTokenizer.from_pretrained(tiny_llama_dir), recipe, harm, safe))
-    assert max(map(len, defense.regularizer.harmful + defense.regularizer.harmless)) == 16  # surgery.max_length
+    defense = Surgery.from_recipe(recipe)
+    model = tiny_model("llama")
+    defense.setup(DefenseContext(model, AutoTokenizer.from_pretrained(tiny_llama_dir), 0, 64, lambda chats: [], (harm, safe)))
+    assert max(map(len, defense.regularizer.harmful + defense.regularizer.harmless)) == 16  # measure.max_length

@@ -27,7 +27,8 @@ poison_ratio = 0.25
 num_samples = 8
 [surgery]
 alpha = 50.0
-measure_samples = 2
+[measure]
+samples = 2
 [train]
 batch_size = 4
 max_length = 64

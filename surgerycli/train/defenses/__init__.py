@@ -1,26 +1,26 @@
-"""The defense registry of `surgery finetune` (peft's `register_peft_method` pattern).
+"""The defense registry of `surgery finetune` and of the Python API (peft's `register_peft_method` pattern).
 
 A defense is one module in this package: a `Defense` subclass that names itself, its recipe section
 (a `Section` of typed options with defaults, `[<name>]` in the recipe), the metrics it logs, and the
 hooks it overrides, registered with `@register_defense`. The recipe picks one with
-`[defense] method = "<name>"`; the Trainer, the progress bar, metrics.jsonl, training.png, summary.json
-and the sweep table read its metrics and label from here. Adding a defense is one module plus its name
-in `BUILTIN`.
+`[defense] method = "<name>"`; the Python API builds one by its class name with the same options as
+keywords (`Surgery(alpha=300)`), validated as the recipe is. The Trainer, the progress bar, metrics.jsonl,
+training.png, summary.json and the sweep table read its metrics and label from here. Adding a defense is
+one module plus its name in `BUILTIN`.
 
 The hooks, each optional (the defaults are plain SFT):
-  mix(examples, rng)         the fine-tuning mix before tokenization (mix safety samples in: SafeInstr)
+  extra_examples(n, rng)     samples to mix into the user's n fine-tuning examples (SafeInstr's safety samples)
   setup(ctx)                 once the model and tokenizer exist: read and tokenize the defense's own data
-  training_step(trainer, model, inputs, num_items_in_batch)
-                             one micro-step's forward(s) and backward(s); `trainer.sft_step(...)` is the
-                             plain SFT step, to call once, before or after extra passes (an extra loss
-                             term: Surgery; alternating datasets with a proximal term: Lisa; two passes
-                             with a perturbation from the first: Vaccine, Booster). Extra values are
-                             logged with `trainer.record(key, value)` under the keys in `metrics`.
-  sink_mode                  True when training runs with the sink patch on (Surgery)
+  training_step(step, model) one micro-step's forward(s) and backward(s) through the `train.step.Step`
+                             interface; `step.sft()` is the host's plain SFT step, to call once, before or
+                             after extra passes (an extra loss term: Surgery; alternating datasets with a
+                             proximal term: Lisa; two passes with a perturbation from the first: Vaccine,
+                             Booster). Extra values are logged with `step.record(key, value)` under the
+                             keys in `metrics`.
   state_dict() / load_state_dict(state)
                              what a resume needs beyond the weights and the optimizer (Lisa's anchors);
                              saved in every checkpoint as defense_state.pt
-Draws of a defense's own batches are seeded by step (`draw_batch`), so a resumed run draws the same ones.
+Draws of a defense's own batches are seeded by micro-step (`draw_batch`), so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..sections import Section
+from ..sections import MeasureSection, Section
+from ..step import Metric, Step
 
 if TYPE_CHECKING:
     import torch
@@ -44,32 +45,28 @@ BUILTIN = ("sft", "surgery", "safeinstr", "lisa", "vaccine", "booster")  # modul
 _REGISTRY: dict[str, type[Defense]] = {}
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A value a defense logs each step: its key (metrics.jsonl, summary.json), label and format."""
-
-    key: str
-    label: str  # progress-bar label
-    fmt: str = ".4f"
-    axis: str = ""  # training.png's axis label (default: the key)
-    limits: tuple[float, float] | None = None  # training.png's axis range (default: the data's)
-
-
 class NoOptions(Section):
     """The section of a defense that has no options."""
 
 
 @dataclass
 class DefenseContext:
-    """What `Defense.setup` may use: the loaded model and tokenizer, the recipe, the reference sets, and
-    `encode`: chats -> tokenized training rows, exactly as the fine-tuning mix is tokenized."""
+    """What `Defense.setup` may use: the model and tokenizer, the run's seed, the training sequence length,
+    and `encode`: chats -> tokenized training rows, exactly as the host's fine-tuning data is tokenized.
+    `references`: the (harmful, harmless) reference pools when the caller has built them already."""
 
     model: torch.nn.Module
-    tokenizer: object
-    recipe: Recipe
-    harmful_reference: RefSet
-    harmless_reference: RefSet
-    encode: Callable[[list[Messages]], list[dict]] = lambda chats: []
+    tokenizer: Any
+    seed: int
+    max_length: int
+    encode: Callable[[list[Messages]], list[dict]]
+    references: tuple[RefSet, RefSet] | None = None
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id, or its end-of-sequence id where it has none (as Llama's)."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
 
 def draw_batch(rows: list[dict], k: int, draw: int, seed: int, pad_id: int) -> dict:
@@ -81,44 +78,71 @@ def draw_batch(rows: list[dict], k: int, draw: int, seed: int, pad_id: int) -> d
     return pad_batch(rng.sample(rows, min(k, len(rows))), pad_id)
 
 
-def micro_step(trainer) -> int:
-    """The index of the current micro-batch over the whole run (optimizer step x accumulation + position)."""
-    return trainer.state.global_step * trainer.args.gradient_accumulation_steps + trainer.micro_index
-
-
 class Defense:
-    """One defense. Subclass, set the class attributes, override the hooks it needs."""
+    """One defense. Subclass, set the class attributes, override the hooks it needs.
+
+    Built with its options as keywords: the keys of its recipe section, plus those of `[measure]` when it
+    uses the sink measurement (`measures`), with the recipe's defaults and its one-line errors.
+    """
 
     name: ClassVar[str]  # the recipe's `defense.method` and the sweep's `--methods` name
     title: ClassVar[str]  # shown in tables and plots
     stage: ClassVar[str] = "finetune"  # "finetune": runs in the user's fine-tuning; "align": replaces alignment SFT
     options_class: ClassVar[type[Section]] = NoOptions
     metrics: ClassVar[tuple[Metric, ...]] = ()
+    measures: ClassVar[bool] = False  # takes the [measure] keys (reference sets, sink position) too
+    mixed: int | None = None  # extra examples mixed into the fine-tuning data; None until mixed
 
-    def __init__(self, options: Section, recipe: Recipe):
-        self.options = options
-        self.recipe = recipe
+    def __init__(self, **options: Any) -> None:
+        from ...errors import InputError
+        from ..recipe import build_sections
+
+        own = set(self.options_class.model_fields)
+        known = own | (set(MeasureSection.model_fields) if self.measures else set())
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"{type(self).__name__}: unknown option {unknown[0]!r} (expected one of "
+                             f"{', '.join(sorted(known))})")
+        parts = {self.name: (self.options_class, {k: v for k, v in options.items() if k in own})}
+        if self.measures:
+            parts["measure"] = (MeasureSection, {k: v for k, v in options.items() if k not in own})
+        sections = build_sections(type(self).__name__, parts)
+        self.options, self.measure = sections[self.name], sections.get("measure")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> Defense:
+        """The defense with the recipe's (already validated) sections."""
+        measure = recipe.measure.model_dump() if cls.measures else {}
+        return cls(**recipe.methods[cls.name].model_dump(), **measure)
 
     def label(self) -> str:
         """The method as tables and plots show it (with its key option, where one matters)."""
         return self.title
 
-    def plan(self) -> list[tuple[str, str, str]]:
+    def plan(self, recipe: Recipe) -> list[tuple[str, str, str]]:
         """(part, samples, source) rows the dry run adds to the fine-tuning mix table."""
         return []
 
-    @property
-    def sink_mode(self) -> bool:
-        return False
+    def extra_examples(self, n: int, rng: random.Random) -> list[Messages]:
+        """Chats to mix into the user's `n` fine-tuning examples (none by default)."""
+        return []
 
     def mix(self, examples: list[Messages], rng: random.Random) -> list[Messages]:
-        return examples
+        """The fine-tuning mix with `extra_examples` shuffled in (the recipe's path; the API appends them to
+        the host's dataset, which the Trainer's sampler shuffles)."""
+        extra = self.extra_examples(len(examples), rng)
+        self.mixed = len(extra)
+        if not extra:
+            return examples
+        mixed = examples + extra
+        rng.shuffle(mixed)
+        return mixed
 
     def setup(self, ctx: DefenseContext) -> None:
         pass
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        return trainer.sft_step(model, inputs, num_items_in_batch)
+    def training_step(self, step: Step, model: torch.nn.Module) -> torch.Tensor:
+        return step.sft()
 
     def state_dict(self) -> dict:
         return {}
@@ -128,7 +152,7 @@ class Defense:
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:
-    """Class decorator: make `cls` a method the recipe and the sweep can name."""
+    """Class decorator: make `cls` a method the recipe, the sweep and the Python API can name."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"defense {cls.name!r} is registered twice")
     _REGISTRY[cls.name] = cls
@@ -145,4 +169,4 @@ def registry() -> dict[str, type[Defense]]:
 
 def build_defense(recipe: Recipe) -> Defense:
     """The recipe's chosen defense, with its options."""
-    return registry()[recipe.defense.method](recipe.options, recipe)
+    return registry()[recipe.defense.method].from_recipe(recipe)

@@ -23,7 +23,8 @@ from pydantic import Field
 
 from ...data.pairs import HARMFUL_SET, describe, named_pairs
 from ..sections import PairsSource, Section
-from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
+from ..step import Step
+from . import Defense, DefenseContext, Metric, draw_batch, register_defense
 
 
 class BoosterOptions(Section):
@@ -61,27 +62,25 @@ class Booster(Defense):
     metrics = (Metric("harmful_loss", "h", ".4f", "harmful loss h(w)"),
                Metric("harmful_drop", "h-h'", ".5f", "h(w) - h(w'): one harmful step's drop"))
 
-    def plan(self) -> list[tuple[str, str, str]]:
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
         o = self.options
-        return [("harmful / step", str(self.recipe.train.batch_size),
+        return [("harmful / step", str(recipe.train.batch_size),
                  f"Booster lambda {o.lamb:g}, alpha {o.alpha:g}: {describe(o.harmful_data)}")]
 
     def setup(self, ctx: DefenseContext) -> None:
         self.rows = ctx.encode(named_pairs(self.options.harmful_data, "booster.harmful_data", "harmful"))
-        self.pad_id = ctx.tokenizer.pad_token_id
+        self.pad_id, self.seed = ctx.pad_id, ctx.seed
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        harmful = draw_batch(self.rows, trainer.args.per_device_train_batch_size, micro_step(trainer),
-                             self.recipe.train.seed, self.pad_id)
-        harmful = trainer._prepare_inputs(harmful)
-        with trainer.compute_loss_context_manager():
+    def training_step(self, step: Step, model) -> torch.Tensor:
+        harmful = step.prepare(draw_batch(self.rows, step.batch_size, step.micro_step, self.seed, self.pad_id))
+        with step.context():
             diff, h, h_after = booster_grads(model, harmful, self.options.alpha)
-        loss = trainer.sft_step(model, inputs, num_items_in_batch)  # grad f, scaled for accumulation
-        scale = self.options.lamb / trainer.current_gradient_accumulation_steps
+        loss = step.sft()  # grad f, scaled for accumulation
+        scale = self.options.lamb / step.accumulation
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in diff:
                     p.grad = p.grad + (scale * diff[name]).to(p.grad.dtype)
-        trainer.record("harmful_loss", h)
-        trainer.record("harmful_drop", h - h_after)
+        step.record("harmful_loss", h)
+        step.record("harmful_drop", h - h_after)
         return loss

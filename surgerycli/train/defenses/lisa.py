@@ -25,7 +25,8 @@ from pydantic import Field
 
 from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ..sections import PairsSource, Section
-from . import Defense, DefenseContext, Metric, draw_batch, micro_step, register_defense
+from ..step import Step
+from . import Defense, DefenseContext, Metric, draw_batch, register_defense
 
 
 class LisaOptions(Section):
@@ -62,27 +63,27 @@ class Lisa(Defense):
     metrics = (Metric("lisa_alignment", "align", ".2f", "share of steps in the alignment state", (-0.05, 1.05)),
                Metric("proximal", "prox", ".4f", "proximal term rho/2 ||w - w_other||^2"))
 
-    def __init__(self, options: LisaOptions, recipe):
-        super().__init__(options, recipe)
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self.rows: list[dict] = []
         self.anchors: dict[str, dict[str, torch.Tensor]] = {}  # state -> the other state's last weights
         self.last_state: str | None = None
 
-    def plan(self) -> list[tuple[str, str, str]]:
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
         o = self.options
         return [("alignment / cycle", f"{o.alignment_steps} + {o.finetune_steps} steps",
                  f"Lisa rho {o.rho:g}: {describe(o.alignment_data)}, then the user's data")]
 
     def setup(self, ctx: DefenseContext) -> None:
         self.rows = ctx.encode(named_pairs(self.options.alignment_data, "lisa.alignment_data", "harmless"))
-        self.pad_id = ctx.tokenizer.pad_token_id
+        self.pad_id, self.seed = ctx.pad_id, ctx.seed
 
     def _params(self, model) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        o, step = self.options, trainer.state.global_step
-        state = state_at(step, o.alignment_steps, o.finetune_steps)
+    def training_step(self, step: Step, model) -> torch.Tensor:
+        o = self.options
+        state = state_at(step.global_step, o.alignment_steps, o.finetune_steps)
         params = self._params(model)
         if self.last_state is None:  # as the authors' init: both anchors start at the initial weights
             self.anchors = {k: {n: p.detach().clone() for n, p in params.items()} for k in ("alignment", "finetune")}
@@ -90,14 +91,14 @@ class Lisa(Defense):
             self.anchors[state] = {n: p.detach().clone() for n, p in params.items()}
         self.last_state = state
         if state == "alignment":
-            inputs = draw_batch(self.rows, trainer.args.per_device_train_batch_size, micro_step(trainer),
-                                self.recipe.train.seed, self.pad_id)
-        loss = trainer.sft_step(model, inputs, num_items_in_batch)
+            loss = step.sft(draw_batch(self.rows, step.batch_size, step.micro_step, self.seed, self.pad_id))
+        else:
+            loss = step.sft()
         term = 0.0
-        if o.rho > 0 and step >= o.warmup * trainer.state.max_steps:
-            term = proximal_grad_(params, self.anchors[state], o.rho, 1.0 / trainer.current_gradient_accumulation_steps)
-        trainer.record("lisa_alignment", float(state == "alignment"))
-        trainer.record("proximal", term)
+        if o.rho > 0 and step.global_step >= o.warmup * step.max_steps:
+            term = proximal_grad_(params, self.anchors[state], o.rho, 1.0 / step.accumulation)
+        step.record("lisa_alignment", float(state == "alignment"))
+        step.record("proximal", term)
         return loss
 
     def state_dict(self) -> dict:

@@ -8,7 +8,9 @@ fine-tuning-stage baseline by Lisa, Booster and Surgery.
 
 Options: `safety_data` (default: built-in Do-Not-Answer refusals, disjoint from the held-out HarmBench
 evaluation prompts; a file is read as a harmless set: BeaverTails' safe rows) and `num` (default:
-round(0.03 * data.num_samples)). The samples are drawn with the run's seed and shuffled into the mix.
+round(0.03 * the number of the user's examples)). The samples are drawn with the run's seed and shuffled
+into the recipe's mix; through the Python API they are appended to the host's dataset, which its sampler
+shuffles. `mixed` says how many were mixed in (summary.json's final metrics, the `safety_samples` metric).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from ...data.chat import Messages
 from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ...errors import InputError
 from ..sections import PairsSource, Section
-from . import Defense, register_defense
+from ..step import Step
+from . import Defense, Metric, register_defense
 
 SHARE = 0.03  # [paper] Bianchi et al.: 3% safety samples
 
 
 class SafeInstrOptions(Section):
     safety_data: PairsSource = REFUSALS_SET
-    num: Annotated[int | None, Field(ge=0)] = None  # default: round(0.03 * data.num_samples)
+    num: Annotated[int | None, Field(ge=0)] = None  # default: round(0.03 * the user's examples)
 
 
 @register_defense
@@ -37,18 +40,30 @@ class SafeInstr(Defense):
     name = "safeinstr"
     title = "SafeInstr"
     options_class = SafeInstrOptions
+    metrics = (Metric("safety_samples", "safety", ".0f", "safety samples mixed into the fine-tuning data"),)
 
-    def count(self) -> int:
-        return self.options.num if self.options.num is not None else round(SHARE * self.recipe.data.num_samples)
+    def count(self, n: int) -> int:
+        """Safety samples for `n` user examples: safeinstr.num, else 3% of them."""
+        return self.options.num if self.options.num is not None else round(SHARE * n)
 
-    def plan(self) -> list[tuple[str, str, str]]:
-        return [("safety samples", str(self.count()), f"SafeInstr: {describe(self.options.safety_data)}, mixed in")]
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
+        n = self.count(recipe.data.num_samples)
+        return [("safety samples", str(n), f"SafeInstr: {describe(self.options.safety_data)}, mixed in")]
+
+    def extra_examples(self, n: int, rng: random.Random) -> list[Messages]:
+        pool = named_pairs(self.options.safety_data, "safeinstr.safety_data", "harmless")
+        k = self.count(n)
+        if k > len(pool):
+            raise InputError(f"safeinstr.num: {k} safety samples asked, {self.options.safety_data} has {len(pool)}")
+        return rng.sample(pool, k)
 
     def mix(self, examples: list[Messages], rng: random.Random) -> list[Messages]:
-        pool = named_pairs(self.options.safety_data, "safeinstr.safety_data", "harmless")
-        n = self.count()
-        if n > len(pool):
-            raise InputError(f"safeinstr.num: {n} safety samples asked, {self.options.safety_data} has {len(pool)}")
-        mixed = examples + rng.sample(pool, n)
-        rng.shuffle(mixed)
+        extra = self.extra_examples(len(examples), rng)
+        self.mixed = len(extra)
+        mixed = examples + extra
+        rng.shuffle(mixed)  # also with none added, as the mix has always been drawn
         return mixed
+
+    def training_step(self, step: Step, model):
+        step.record("safety_samples", float(self.mixed or 0))
+        return step.sft()

@@ -14,5 +14,5 @@ class SFT(Defense):
     name = "sft"
     title = "SFT"
 
-    def plan(self) -> list[tuple[str, str, str]]:
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
         return [("reference / step", "-", "none (SFT: no defense)")]

@@ -4,44 +4,40 @@
 
 Paper: "Surgery: Mitigating Harmful Fine-Tuning for Large Language Models via Attention Sink" (2026);
 authors' code: github.com/Lslland/Surgery. Defaults from there: alpha 300, sink position 0, one harmful
-and one harmless reference sample per step, references = BeaverTails 30k_train unsafe / safe rows.
+and one harmless reference sample per step, references = BeaverTails 30k_train unsafe / safe rows. The
+reference sets, the sink position and the reference length are the `[measure]` settings, which every
+method's sink_before/after.json use too.
 
 d_h comes from one batched forward of `k` harmful and `k` harmless reference samples through the sink
 patch. That term is back-propagated after the SFT loss, in the same training step, so the activations
 of the two forwards never coexist; gradients add up in the trainable weights exactly as with one joint
 backward. Only layers with a positive head take part in that backward (relu gives the others no
 gradient), so it starts at the highest such layer. With alpha 0 no reference forward runs: bit-identical
-to SFT.
+to SFT. The sink attention is switched on around the reference forward and backward only: the host's SFT
+pass keeps its own attention implementation (flash attention, packing, whatever it had).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 from pydantic import Field
 
-from surgerycli.patches import capture_sinks, sink_per_sample
+from surgerycli.patches import UnsupportedArchitecture, attention_modules, capture_sinks, sink_mode, sink_per_sample
 
 from ...data.finetune import pad_batch
-from ...data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
 from ...errors import InputError
-from ..sections import RefSetSource, Section
-from . import Defense, DefenseContext, Metric, micro_step, register_defense
+from ..sections import MeasureSection, Section
+from ..step import Step
+from . import Defense, DefenseContext, Metric, register_defense
 
 
 class SurgeryOptions(Section):
-    alpha: Annotated[float, Field(ge=0)] = 300.0
-    sink_position: Annotated[int, Field(ge=0)] = 0
-    harmful_reference: RefSetSource = DEFAULT_HARMFUL
-    harmless_reference: RefSetSource = DEFAULT_HARMLESS
-    reference_batch_size: Annotated[int, Field(ge=1)] = 1
-    reference_rows: Literal["sample", "first"] = "sample"  # the pool of 1000 per set: drawn with train.seed, or the
-    # first 1000 in file order (the reference code's)
-    max_length: Annotated[int | None, Field(ge=8)] = None  # tokens per reference sample; default train.max_length
-    measure_samples: Annotated[int, Field(ge=0)] = 64  # sink_before/after.json, for every method; 0 skips them
+    alpha: Annotated[float, Field(ge=0)] = 300.0  # [paper] alpha=300
+    reference_batch_size: Annotated[int, Field(ge=1)] = 1  # [paper] one harmful and one harmless sample per step
 
 
 def sink_divergence(stats: torch.Tensor, k: int) -> torch.Tensor:
@@ -90,9 +86,13 @@ class SinkRegularizer:
         batch = {k: v.to(model.device) for k, v in self.batch(step).items()}
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
         mask, k = batch["attention_mask"], len(batch["input_ids"]) // 2
-        with capture_sinks(model, mask, self.sink_position) as state:
+        with sink_mode(model), capture_sinks(model, mask, self.sink_position) as state:
             # the decoder alone: the statistic needs no logits, which would cost (2k, T, vocab) memory
             base.get_decoder()(**batch, use_cache=False)
+            if len(state.columns) != len(attention_modules(model)):
+                raise InputError(f"Surgery: {len(state.columns)} of {len(attention_modules(model))} attention layers "
+                                 f"went through the sink attention (a kernel patch replaced the attention?); "
+                                 f"refusing to train without the sink term")
             with torch.no_grad():
                 d = sink_divergence(sink_per_sample(state.columns, mask, state.sink_index), k)  # (L, H)
             loss = sink_loss(d)
@@ -108,9 +108,9 @@ class SinkRegularizer:
         return float(loss), int((d > 0).sum()), int(mask.sum())
 
 
-def reference_length(recipe) -> int:
-    """Tokens per reference sample: surgery.max_length, else train.max_length."""
-    return recipe.methods["surgery"].max_length or recipe.train.max_length
+def reference_length(measure: MeasureSection, max_length: int) -> int:
+    """Tokens per reference sample: measure.max_length, else the training sequences' `max_length`."""
+    return measure.max_length or max_length
 
 
 @register_defense
@@ -120,55 +120,54 @@ class Surgery(Defense):
     options_class = SurgeryOptions
     metrics = (Metric("sink_loss", "sink", ".5f", "sink loss  mean relu(d_h)"),
                Metric("positive_heads", "+heads", ".1f", "heads with d_h > 0 (reference batch)"))
-
-    def __init__(self, options: SurgeryOptions, recipe):
-        super().__init__(options, recipe)
-        self.regularizer: SinkRegularizer | None = None
+    measures = True
+    regularizer: SinkRegularizer | None = None  # set by setup (None with alpha 0: plain SFT)
 
     def label(self) -> str:
         return f"Surgery a={self.options.alpha:g}"
 
-    @property
-    def sink_mode(self) -> bool:
-        return self.options.alpha > 0
-
-    def plan(self) -> list[tuple[str, str, str]]:
-        o = self.options
-        if not self.sink_mode:
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
+        o, m = self.options, self.measure
+        if not o.alpha:
             return [("reference / step", "-", "off (alpha 0: the SFT baseline)")]
         k = o.reference_batch_size
         return [("reference / step", f"{k} + {k}",
-                 f"Surgery alpha {o.alpha:g}: {o.harmful_reference} + {o.harmless_reference}")]
+                 f"Surgery alpha {o.alpha:g}: {m.harmful_reference} + {m.harmless_reference}")]
 
     def setup(self, ctx: DefenseContext) -> None:
-        if not self.sink_mode:
+        if not self.options.alpha:
             return
         from ...sink import encode
+        from ..builders import build_references
 
-        o, tok = self.options, ctx.tokenizer
+        try:
+            attention_modules(ctx.model)
+        except UnsupportedArchitecture as e:
+            raise InputError(f"Surgery: the sink statistic cannot be captured on this model ({e})") from None
+        m = self.measure
+        harm, safe = ctx.references or build_references(m, ctx.seed)
         ids = {}
-        for key, refset in (("surgery.harmful_reference", ctx.harmful_reference),
-                            ("surgery.harmless_reference", ctx.harmless_reference)):
-            rows = [r for r in encode(tok, refset.samples, reference_length(self.recipe)) if len(r) > o.sink_position + 1]
+        for key, refset in (("measure.harmful_reference", harm), ("measure.harmless_reference", safe)):
+            rows = [r for r in encode(ctx.tokenizer, refset.samples, reference_length(m, ctx.max_length))
+                    if len(r) > m.sink_position + 1]
             if not rows:
-                raise InputError(f"{key}: no sample has a token after the sink (surgery.sink_position {o.sink_position})")
+                raise InputError(f"{key}: no sample has a token after the sink (measure.sink_position {m.sink_position})")
             ids[key] = rows
         self.regularizer = SinkRegularizer(
-            alpha=o.alpha, sink_position=o.sink_position, harmful=ids["surgery.harmful_reference"],
-            harmless=ids["surgery.harmless_reference"], k=o.reference_batch_size, pad_id=tok.pad_token_id,
-            seed=self.recipe.train.seed)
+            alpha=self.options.alpha, sink_position=m.sink_position, harmful=ids["measure.harmful_reference"],
+            harmless=ids["measure.harmless_reference"], k=self.options.reference_batch_size,
+            pad_id=ctx.pad_id, seed=ctx.seed)
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        # SFT forward and backward first (the Trainer's own step), then the sink term's: the second
+    def training_step(self, step: Step, model) -> torch.Tensor:
+        # SFT forward and backward first (the host's own step), then the sink term's: the second
         # forward reuses the memory the first one freed, so the peak stays that of SFT
-        loss = trainer.sft_step(model, inputs, num_items_in_batch)
+        loss = step.sft()
         if self.regularizer is None:
             return loss
-        draw = micro_step(trainer)  # each micro-batch draws its own reference batch, the same after a resume
-        scale = 1.0 / trainer.current_gradient_accumulation_steps
-        with trainer.compute_loss_context_manager():
-            sink, positive, ref_tokens = self.regularizer.backward_step(model, draw, scale, trainer.accelerator.backward)
-        trainer.record("sink_loss", sink)
-        trainer.record("positive_heads", positive)
-        trainer.tokens["reference"] += ref_tokens
+        scale = 1.0 / step.accumulation
+        with step.context():  # each micro-batch draws its own reference batch, the same after a resume
+            sink, positive, ref_tokens = self.regularizer.backward_step(model, step.micro_step, scale, step.backward)
+        step.record("sink_loss", sink)
+        step.record("positive_heads", positive)
+        step.count_tokens("reference", ref_tokens)
         return loss + self.regularizer.alpha * sink * scale  # the logged total; both parts already back-propagated

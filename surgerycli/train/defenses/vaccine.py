@@ -21,6 +21,7 @@ from pydantic import Field
 from surgerycli.patches import attention_modules
 
 from ..sections import Section
+from ..step import Step
 from . import Defense, Metric, register_defense
 
 
@@ -76,13 +77,12 @@ class Vaccine(Defense):
     options_class = VaccineOptions
     metrics = (Metric("hidden_grad_norm", "|g|", ".4f", "||g||: hidden-state gradient norm (first pass)"),)
 
-    def plan(self) -> list[tuple[str, str, str]]:
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
         return [("perturbation", "-", f"Vaccine rho {self.options.rho:g}: attention outputs, two passes a step")]
 
-    def training_step(self, trainer, model, inputs, num_items_in_batch=None):
-        batch = trainer._prepare_inputs(inputs)
-        with trainer.compute_loss_context_manager():
-            _, grads = hidden_gradients(model, batch)
-        trainer.record("hidden_grad_norm", float(torch.norm(torch.stack([g.float().norm() for g in grads]))))
+    def training_step(self, step: Step, model) -> torch.Tensor:
+        with step.context():
+            _, grads = hidden_gradients(model, step.prepare(step.inputs))
+        step.record("hidden_grad_norm", float(torch.norm(torch.stack([g.float().norm() for g in grads]))))
         with perturbed(model, perturbations(grads, self.options.rho)):
-            return trainer.sft_step(model, inputs, num_items_in_batch)
+            return step.sft()

@@ -1,0 +1,255 @@
+"""`from surgerycli import with_defense`: any defense inside a Hugging Face Trainer the user already has.
+
+    trainer = with_defense(SFTTrainer)(model=..., args=..., train_dataset=..., processing_class=tokenizer,
+                                       defense=Surgery(alpha=300))
+
+`with_defense(cls)` returns a subclass of `cls` whose first base is `DefenseMixin` (`surgery finetune`'s own
+trainer is one too). The mixin overrides three public Trainer methods: `training_step` (the defense's step
+around the host's own, through `train.step.Step`), `log` (the defense's metrics, averaged per logging
+interval; under TRL they go through its own `_metrics`), `train` (the defense's state from the checkpoint
+it resumes). The private Trainer API it needs is used in this module alone and listed in
+`PRIVATE_TRAINER_API` (a test fails when transformers renames it): `_save_checkpoint`, to write the
+defense's state into a checkpoint before the Trainer marks it whole, and `_prepare_inputs`, to put a
+defense's own batch on the device.
+
+What stays the host's: its loss and its normalization (loss type, `num_items_in_batch`, Liger), its data
+collator, and its attention implementation (Surgery switches to the sink attention only around its
+reference pass). Under DDP every pass of a micro-step runs on the module inside `no_sync()` and the
+gradients are all-reduced once per optimizer step (`train.distributed`): a defense's extra passes call
+submodules or back-propagate more than once, which DDP's own hook would miss or count twice. DeepSpeed is
+refused: its engine steps at every backward, and a defense adds backwards. FSDP is refused for now.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..errors import InputError
+from .defenses import Defense, DefenseContext
+from .distributed import is_ddp, is_main, sync_gradients
+
+DEFENSE_STATE = "defense_state.pt"  # a checkpoint's file for Defense.state_dict()
+PRIVATE_TRAINER_API = {"_save_checkpoint": ("model", "trial"), "_prepare_inputs": ("inputs",)}  # name: parameters
+T = TypeVar("T")
+
+
+@dataclass
+class HostStep:
+    """`train.step.Step` over a transformers Trainer that runs a `DefenseMixin`."""
+
+    trainer: Any
+    model: torch.nn.Module  # the module itself (under DDP, the wrapped one's .module)
+    inputs: dict
+    num_items_in_batch: Any
+    micro_step: int
+
+    @property
+    def global_step(self) -> int:
+        return self.trainer.state.global_step
+
+    @property
+    def max_steps(self) -> int:
+        return self.trainer.state.max_steps
+
+    @property
+    def accumulation(self) -> int:
+        return self.trainer.current_gradient_accumulation_steps
+
+    @property
+    def batch_size(self) -> int:
+        return self.trainer.args.per_device_train_batch_size
+
+    @property
+    def seed(self) -> int:
+        return self.trainer.args.seed
+
+    def sft(self, inputs: dict | None = None) -> torch.Tensor:
+        # a batch of the defense's own is normalized as its own (no num_items_in_batch counted for another)
+        if inputs is None:
+            return self.trainer.host_training_step(self.model, self.inputs, self.num_items_in_batch)
+        return self.trainer.host_training_step(self.model, inputs, None)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.trainer.accelerator.backward(loss)
+
+    def context(self):
+        return self.trainer.compute_loss_context_manager()
+
+    def prepare(self, batch: dict) -> dict:
+        return self.trainer._prepare_inputs(batch)
+
+    def record(self, key: str, value: float) -> None:
+        self.trainer.record(key, value)
+
+    def count_tokens(self, kind: str, n: int) -> None:
+        self.trainer.token_counts[kind] = self.trainer.token_counts.get(kind, 0) + n
+
+
+class DefenseMixin:
+    """The defense's step, metrics and state inside a transformers Trainer; first base of `with_defense(cls)`."""
+
+    def __init__(self, *args, defense: Defense, **kwargs):
+        if not isinstance(defense, Defense):
+            raise TypeError(f"defense: expected a Defense (e.g. surgerycli.Surgery()), got {type(defense).__name__}")
+        _mix_into_dataset(defense, kwargs)
+        super().__init__(*args, **kwargs)
+        self.defense = defense
+        self._check_engine()
+        self._defense_metrics: dict[str, list[float]] = {m.key: [] for m in defense.metrics}
+        self.token_counts = {"train": 0, "reference": 0}
+        self.micro_index, self._micro_step = -1, -1  # position of the micro-batch within its optimizer step
+        defense.setup(self.defense_context())
+
+    def defense_context(self) -> DefenseContext:
+        """What the defense's setup gets: the host's model and tokenizer, seed and sequence length."""
+        from .builders import build_dataset
+
+        tokenizer = _tokenizer(self.processing_class)
+        if tokenizer is None and type(self.defense).setup is not Defense.setup:
+            raise InputError(f"with_defense: {type(self.defense).__name__} tokenizes data of its own; pass the "
+                             f"tokenizer as processing_class")
+        max_length = getattr(self.args, "max_length", None) or 512  # TRL's SFTConfig has one; a plain Trainer not
+        return DefenseContext(self.model, tokenizer, self.args.seed, max_length,
+                              encode=lambda chats: build_dataset(tokenizer, chats, "", max_length))
+
+    def _check_engine(self) -> None:
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.DEEPSPEED:
+            raise InputError("DeepSpeed: not supported with a defense (its engine steps at every backward, and a "
+                             "defense adds backwards); use DDP (torchrun, accelerate launch) or one process")
+        if kind not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            raise InputError(f"accelerate distributed_type {kind.value}: a defense runs on one process or with DDP "
+                             f"(recipes/accelerate/ddp.yaml, or torchrun); sharded engines are not supported yet")
+
+    def record(self, key: str, value: float) -> None:
+        """Log `value` under `key`, averaged over the logging interval (TRL's `_metrics` when the host has it)."""
+        host = getattr(self, "_metrics", None)
+        if isinstance(host, dict) and isinstance(host.get("train"), dict):  # TRL: its log averages and clears
+            host["train"].setdefault(key, []).append(value)
+        else:
+            self._defense_metrics.setdefault(key, []).append(value)
+
+    def host_training_step(self, model, inputs, num_items_in_batch=None):
+        """The host class's own micro-step (SFT forward and backward)."""
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._micro_step != self.state.global_step:
+            self._micro_step, self.micro_index = self.state.global_step, 0
+        else:
+            self.micro_index += 1
+        micro = self.state.global_step * self.args.gradient_accumulation_steps + self.micro_index
+        # train mode before any pass a defense runs ahead of the host's own step (which sets it too)
+        model.train()
+        if not is_ddp(model):
+            return self.defense.training_step(HostStep(self, model, inputs, num_items_in_batch, micro), model)
+        with model.no_sync():  # every pass accumulates locally; one all-reduce when the optimizer steps
+            loss = self.defense.training_step(HostStep(self, model.module, inputs, num_items_in_batch, micro),
+                                              model.module)
+        if self.accelerator.sync_gradients:
+            sync_gradients(model)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the means since the last one
+            for key, values in self._defense_metrics.items():
+                if values:  # a metric with no value this interval is left out: trackers take numbers only
+                    logs[key] = sum(values) / len(values)
+                values.clear()
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        folder = resume_from_checkpoint
+        if folder is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            folder = get_last_checkpoint(self.args.output_dir)
+        if folder and (Path(folder) / DEFENSE_STATE).is_file():
+            self.defense.load_state_dict(torch.load(Path(folder) / DEFENSE_STATE, weights_only=True))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        # the defense's state beside the weights, before trainer_state.json marks the checkpoint whole
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        state = self.defense.state_dict()
+        if state and is_main():
+            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(state, folder / DEFENSE_STATE)
+        super()._save_checkpoint(model, trial)
+
+
+@functools.cache
+def with_defense(trainer_class: type[T]) -> type[T]:
+    """`trainer_class` (transformers.Trainer, TRL's SFTTrainer, or any subclass) taking a `defense=` keyword:
+    a subclass whose first base is `DefenseMixin`. The same class for the same argument."""
+    from transformers import Trainer
+
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, Trainer)):
+        raise TypeError(f"with_defense: expected a transformers.Trainer subclass, got {trainer_class!r}")
+    if issubclass(trainer_class, DefenseMixin):
+        return trainer_class
+    return type(f"{trainer_class.__name__}WithDefense", (DefenseMixin, trainer_class),
+                {"__module__": __name__, "__doc__": f"{trainer_class.__name__} with a defense (surgerycli.with_defense)."})
+
+
+def _tokenizer(processing_class):
+    """The tokenizer of a tokenizer or of a processor (which holds one)."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _mix_into_dataset(defense: Defense, kwargs: dict) -> None:
+    """Append the defense's extra examples (SafeInstr's safety samples) to the host's train_dataset, in its
+    format: `messages`, `prompt` + `completion` (conversational or text), or tokenized `input_ids`."""
+    dataset = kwargs.get("train_dataset")
+    if dataset is None or defense.mixed is not None:  # nothing to mix into, or mixed already (the recipe's path)
+        return
+    if not hasattr(dataset, "__len__"):
+        if type(defense).extra_examples is Defense.extra_examples:
+            return
+        raise InputError(f"train_dataset: {type(defense).__name__} mixes samples in, which needs a sized dataset "
+                         f"(a datasets.Dataset or a list), got {type(dataset).__name__}")
+    seed = getattr(kwargs.get("args"), "seed", 42)
+    extra = defense.extra_examples(len(dataset), random.Random(seed))
+    defense.mixed = len(extra)
+    if extra:
+        kwargs["train_dataset"] = append_examples(dataset, extra, _tokenizer(kwargs.get("processing_class")),
+                                                  getattr(kwargs.get("args"), "max_length", None) or 512)
+
+
+def append_examples(dataset, chats: list, tokenizer, max_length: int):
+    """`dataset` (a datasets.Dataset or a list of dicts) with `chats` appended as rows of its own format."""
+    from ..data.chat import render
+    from ..data.finetune import tokenize_example
+
+    columns = list(dataset.column_names) if hasattr(dataset, "column_names") else list(dataset[0]) if len(dataset) else []
+    first = dataset[0] if len(dataset) else {}
+    if "messages" in columns:
+        rows = [{"messages": chat} for chat in chats]
+    elif {"prompt", "completion"} <= set(columns) and isinstance(first.get("prompt"), list):
+        rows = [{"prompt": chat[:-1], "completion": chat[-1:]} for chat in chats]
+    elif {"prompt", "completion"} <= set(columns):
+        rows = [{"prompt": (p := render(tokenizer, chat[:-1])), "completion": render(tokenizer, chat)[len(p):]}
+                for chat in chats]
+    elif "input_ids" in columns:
+        rows = [r for r in (tokenize_example(tokenizer, chat, max_length) for chat in chats) if r is not None]
+        if "attention_mask" in columns:
+            rows = [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows]
+    else:
+        raise InputError(f"train_dataset: cannot mix samples into a dataset with columns {columns} (expected "
+                         f"messages, prompt + completion, or input_ids)")
+    rows = [{c: row.get(c) for c in columns} for row in rows]
+    if isinstance(dataset, list):
+        return dataset + rows
+    from datasets import Dataset, concatenate_datasets
+
+    return concatenate_datasets([dataset, Dataset.from_list(rows, features=dataset.features)])
