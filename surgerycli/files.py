@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import InputError
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
@@ -35,6 +37,53 @@ def write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+def read_text(path: Path, what: str = "") -> str:
+    """A UTF-8 file's text; an InputError naming the file (and `what` it is) when it is not UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}){f', expected {what}' if what else ''}") from None
+
+
+def read_json(path: Path, what: str = "a JSON file") -> object:
+    """A JSON file's value; an InputError naming the file when it is truncated, corrupted or not UTF-8."""
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}), expected {what}") from None
+
+
+def read_toml(path: Path, what: str = "a TOML file") -> dict:
+    import tomllib
+
+    try:
+        return tomllib.loads(read_text(path, what))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e}), expected {what}") from None
+
+
+def damaged_file(path: Path) -> str | None:
+    """Why a saved weights or state file cannot be whole (truncated: its own index does not fit), or None.
+    Reads headers only: safetensors' offsets, and the zip directory every torch.save file ends with."""
+    import zipfile
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt"):
+                return None
+        except (SafetensorError, OSError) as e:
+            return str(e).splitlines()[0]
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError) as e:
+            return str(e)
+    return None
+
+
 def save_folder(path: Path, save: Callable[[Path], None]) -> None:
     """Call `save(tmp_dir)` beside `path`, then swap it into place: never a half-written folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +104,15 @@ def save_folder(path: Path, save: Callable[[Path], None]) -> None:
 LOCK = ".surgery.lock"
 
 
+def _is_zombie(pid: int) -> bool:
+    """A process that has exited and waits to be reaped (a killed run's rank whose launcher died first):
+    `kill(pid, 0)` still finds it, but it writes nothing any more."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class FolderLock:
     """Held while a run writes into `folder`: a second run into the same folder is refused (one line naming
     the pid) while the first is alive; a lock left by a run that died (no such process) is taken over."""
@@ -68,7 +126,7 @@ class FolderLock:
             os.kill(pid, 0)  # no signal sent: only asks whether the process exists
         except (OSError, ValueError, IndexError):
             return None
-        return pid
+        return None if _is_zombie(pid) else pid
 
     def __enter__(self):
         from .errors import InputError

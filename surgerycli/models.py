@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import re
-import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .errors import InputError
+from .files import read_json, read_text, read_toml
 
 EMBEDDED_MODEL = "smollm2"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -68,6 +68,19 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@contextlib.contextmanager
+def loading(what: str) -> Iterator[None]:
+    """Errors of loading a damaged or incomplete artifact (a truncated safetensors or GGUF file, a folder
+    without weights or tokenizer, broken JSON) as one InputError line naming `what`."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError) as e:
+        line = next((x.strip() for x in str(e).splitlines() if x.strip()), "").rstrip(":")
+        raise InputError(f"{what} ({type(e).__name__}: {line})") from None
+
+
 def check_architecture(name: str):
     """The model's text config; fails before any weights load when the model's family is not supported."""
     from transformers import AutoConfig
@@ -75,10 +88,8 @@ def check_architecture(name: str):
     from surgerycli.patches import UnsupportedArchitecture, architecture_for
 
     source, extra = resolve(name)
-    try:
+    with loading(f"{name}: could not load the model config"):
         config = AutoConfig.from_pretrained(source, **extra).get_text_config()
-    except OSError as e:
-        raise InputError(f"{name}: could not load the model config ({str(e).splitlines()[0]})") from None
     try:
         architecture_for(config.model_type)
     except UnsupportedArchitecture as e:
@@ -110,12 +121,25 @@ def full_model_dir(path: str | Path) -> Path | None:
     return folder if (folder / "config.json").is_file() and not (Path(path) / "adapter").is_dir() else None
 
 
+def check_saved(folder: Path, config: str, what: str) -> Path:
+    """`folder` when its config is a JSON object and no weights file in it is truncated; else an InputError
+    naming the file (header reads only: the weights are not loaded here)."""
+    from .files import damaged_file
+
+    if not isinstance(read_json(folder / config, what), dict):
+        raise InputError(f"{folder / config}: expected a JSON object ({what})")
+    for f in sorted(folder.iterdir()):
+        if (why := damaged_file(f)) is not None:
+            raise InputError(f"{f}: damaged ({why})")
+    return folder
+
+
 def adapter_dir(path: str) -> Path:
     """A peft adapter folder, or a `surgery finetune` output folder holding one in `adapter/`."""
     p = Path(path)
     for candidate in (p, p / "adapter"):
         if (candidate / "adapter_config.json").is_file():
-            return candidate
+            return check_saved(candidate, "adapter_config.json", "a peft adapter config")
     if full_model_dir(p) is not None:
         raise InputError(f"{path}: holds a fully fine-tuned model (model/), not a LoRA adapter: use the folder as a MODEL")
     raise InputError(f"{path}: not a peft adapter folder (no adapter_config.json here or in adapter/)")
@@ -126,7 +150,9 @@ def trained_record(folder: Path) -> tuple[str, str] | None:
     resolved = folder / "recipe.resolved.toml"
     if not resolved.is_file():
         return None
-    recipe = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    recipe = read_toml(resolved, "the recipe a surgery finetune run wrote")
+    if not isinstance(recipe.get("model"), dict) or not isinstance(recipe["model"].get("name"), str):
+        raise InputError(f"{resolved}: no model.name, expected the recipe a surgery finetune run wrote")
     return recipe["model"]["name"], recipe.get("data", {}).get("system_prompt", "")
 
 
@@ -137,7 +163,9 @@ def adapter_base(adapter: str) -> tuple[str | None, str]:
     for candidate in (folder.parent, folder):  # the output folder, or its adapter/ given directly
         if (found := trained_record(candidate)) is not None:
             return found
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "adapter_config.json", "a peft adapter config")
+    if not isinstance(config, dict):
+        raise InputError(f"{folder / 'adapter_config.json'}: expected a JSON object (a peft adapter config)")
     return config.get("base_model_name_or_path"), ""
 
 
@@ -160,7 +188,7 @@ def read_chat_template(path: str | Path, option: str) -> str:
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"{option} {path}: no such file")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "a Jinja chat template")
     try:
         ImmutableSandboxedEnvironment().from_string(text)  # the environment transformers renders templates in
     except TemplateSyntaxError as e:
@@ -171,9 +199,13 @@ def read_chat_template(path: str | Path, option: str) -> str:
 def saved_chat_template(folder: Path) -> str | None:
     """The chat template a saved tokenizer folder holds (chat_template.jinja, or tokenizer_config.json)."""
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        return read_text(folder / "chat_template.jinja", "a Jinja chat template")
     config = folder / "tokenizer_config.json"
-    return json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
+    data = read_json(config, "a tokenizer config") if config.is_file() else {}
+    return data.get("chat_template") if isinstance(data, dict) else None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # what a Hugging Face tokenizer loads from
 
 
 def load_tokenizer(name: str, chat_template: str | None = None):
@@ -181,10 +213,11 @@ def load_tokenizer(name: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
     source, extra = resolve(name)
-    try:
+    folder = Path(source)
+    if "gguf_file" not in extra and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"{name}: no tokenizer in the folder (expected {' or '.join(TOKENIZER_FILES)})")
+    with loading(f"{name}: could not load the tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    except OSError as e:
-        raise InputError(f"{name}: could not load the tokenizer ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template is not None:
@@ -211,15 +244,15 @@ def load_model(
     adapter_path = adapter_dir(adapter) if adapter else None
     tokenizer = load_tokenizer(name, chat_template)
     source, extra = resolve(name)
+    folder = Path(source)
+    if "gguf_file" not in extra and folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise InputError(f"{name}: no weights in the folder (expected *.safetensors or *.bin files)")
     if load_in_4bit:
         extra.update(quantization_kwargs(dtype, device))
-    try:
-        # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
-        quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
-        with quiet:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
-    except OSError as e:
-        raise InputError(f"{name}: could not load the model ({str(e).splitlines()[0]})") from None
+    # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
+    quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
+    with loading(f"{name}: could not load the model"), quiet:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     if "gguf_file" in extra and not load_in_4bit:
         # GGUF weights arrive dequantized to plain Linear layers; the quantizer left attached is only a
         # marker, and it makes the Trainer refuse to fine-tune the model
@@ -227,7 +260,8 @@ def load_model(
     if adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_path))
+        with loading(f"{adapter}: could not load the adapter"):
+            model = PeftModel.from_pretrained(model, str(adapter_path))
     return (model if load_in_4bit else model.to(device)).eval(), tokenizer
 
 
@@ -248,7 +282,8 @@ def merge_adapter(adapter: str, out: Path, base: str | None, dtype: torch.dtype)
     if not model_name:
         raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
     model, tokenizer = load_model(model_name, dtype, torch.device("cpu"))
-    merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    with loading(f"{adapter}: could not load the adapter"):
+        merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
 
     def save(tmp: Path) -> None:
         merged.save_pretrained(tmp)

@@ -7,33 +7,22 @@ from typing import Annotated
 
 import typer
 
-from .options import (
-    BatchSize, BeavertailsRows, ChatTemplate, Device, Dtype, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat,
-    Safety, SafetyData, TaskData, Tasks, eval_options, fail,
-)
+from ..evaluate.options import EvalOptions
+from .options import ChatTemplate, Device, Dtype, fail, with_eval_options
 
 
+@with_eval_options
 def eval_(
     adapters: Annotated[list[str] | None, typer.Argument(help="peft adapter folders or `surgery finetune` output folders (their base model comes from recipe.resolved.toml). Several run side by side on the same prompts.", show_default=False)] = None,
     base: Annotated[str | None, typer.Option(help="Base model (folder, .gguf, hub id, `smollm2`). Alone: evaluate it. With adapters: use it as their base.")] = None,
     include_base: Annotated[bool, typer.Option("--include-base", help="Also evaluate the base model itself, as the first column.")] = False,
-    safety: Safety = "harmbench",
-    safety_data: SafetyData = None,
-    judge: Judge = "keyword",
-    tasks: Tasks = "",
-    task_data: TaskData = None,
-    limit: Limit = None,
-    batch_size: BatchSize = 32,
-    max_new_tokens: MaxNewTokens = None,
-    max_input_tokens: MaxInputTokens = None,
-    prompt_format: PromptFormat = None,
-    beavertails_rows: BeavertailsRows = None,
-    preset: Preset = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt for every run. Default: the recipe's for finetune outputs, else the chat template's own.")] = None,
     chat_template: ChatTemplate = None,
     out: Annotated[Path | None, typer.Option(help="Write results.json, samples.jsonl, report.md and scores.png here.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    *,
+    options: EvalOptions,
 ) -> None:
     """Harmful score on safety benchmarks (with a named judge) and capability through lm-evaluation-harness.
 
@@ -45,9 +34,6 @@ def eval_(
     from ..evaluate.run import run_eval
 
     try:
-        options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
-                               preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
-                               max_input_tokens=max_input_tokens)
         run_eval(adapters or [], options, base=base, include_base=include_base, system_prompt=system_prompt,
                  chat_template=chat_template, out=out, device=device, dtype=dtype, console=Console())
     except InputError as e:

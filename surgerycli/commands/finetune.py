@@ -27,10 +27,11 @@ def finetune(
     from ..errors import InputError
     from ..train.distributed import is_main
     from ..train.finetune import run_finetune
+    from ..train.recipe import load_recipe
 
     console = Console(quiet=not is_main())  # under a launcher, rank 0 alone speaks
     try:
-        summary = run_finetune(recipe, set_ or [], output, dry_run, resume, console)
+        summary = run_finetune(load_recipe(recipe, set_ or [], output), dry_run=dry_run, resume=resume, console=console)
     except InputError as e:
         raise fail(e) from None
     except KeyboardInterrupt:

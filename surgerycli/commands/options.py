@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -28,17 +31,37 @@ Sets = Annotated[list[str] | None, typer.Option("--set", help="Override one reci
 Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quantization, lora, data, defense, one per defense (surgery, ...), train, output (see recipes/).")]
 
 
-def eval_options(safety: str, safety_data: list[str] | None, judge: str, tasks: str, task_data: list[str] | None,
-                 limit: int | None, batch_size: int, max_new_tokens: int | None, *, preset: str | None = None,
-                 prompt_format: str | None = None, beavertails_rows: str | None = None,
-                 max_input_tokens: int | None = None):
-    """The EvalOptions value the eval options above spell (a preset fills what was not given)."""
-    from ..evaluate.options import resolve_options
+EVAL_OPTIONS = {  # the evaluation's command-line options, spelled once: name -> (typer annotation, default)
+    "safety": (Safety, "harmbench"), "safety_data": (SafetyData, None), "judge": (Judge, "keyword"),
+    "tasks": (Tasks, ""), "task_data": (TaskData, None), "limit": (Limit, None), "batch_size": (BatchSize, 32),
+    "max_new_tokens": (MaxNewTokens, None), "max_input_tokens": (MaxInputTokens, None),
+    "prompt_format": (PromptFormat, None), "beavertails_rows": (BeavertailsRows, None), "preset": (Preset, None),
+}
 
-    return resolve_options(preset, safety=safety, safety_data=tuple(safety_data or ()), judge=judge, tasks=tasks,
-                           task_data=tuple(task_data or ()), limit=limit, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, prompt_format=prompt_format,
-                           beavertails_rows=beavertails_rows, max_input_tokens=max_input_tokens)
+
+def with_eval_options(command: Callable) -> Callable:
+    """`command(..., options: EvalOptions)` as a typer command whose command line has every option of
+    EVAL_OPTIONS (after its own); they are parsed into one EvalOptions, once, before the command runs."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "options"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in EVAL_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from ..evaluate.options import resolve_options
+
+        given = {name: kwargs.pop(name) for name in EVAL_OPTIONS}
+        for key in ("safety_data", "task_data"):
+            given[key] = tuple(given[key] or ())
+        try:
+            options = resolve_options(**given)
+        except InputError as e:
+            raise fail(e) from None
+        return command(*args, options=options, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+    return wrapper
 
 
 def fail(error: InputError) -> typer.Exit:

@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from .options import (
-    BatchSize, BeavertailsRows, Judge, Limit, MaxInputTokens, MaxNewTokens, Preset, PromptFormat, Safety,
-    SafetyData, Sets, TaskData, Tasks, eval_options, fail, interrupted,
-)
+from ..evaluate.options import EvalOptions
+from .options import Sets, fail, interrupted, with_eval_options
 
 
+@with_eval_options
 def sweep(
     recipe: Annotated[Path, typer.Argument(help="TOML recipe for every cell (surgery finetune's format).")],
     out: Annotated[Path, typer.Option(help="Sweep folder: cells/<name>/{finetune,eval,cell.json}, sweep.json, sweep.md, sweep.png.")],
@@ -25,18 +24,8 @@ def sweep(
     align_recipe: Annotated[Path | None, typer.Option(help="Alignment-stage recipe: fine-tuning-stage methods attack the model it aligns with plain SFT; each alignment-stage method (vaccine, booster) aligns its own model with it, once for every poison ratio, and is then attacked with plain SFT. Without it the recipe's model is the aligned model.")] = None,
     align_set: Annotated[list[str] | None, typer.Option(help="Override a key of the alignment recipe (repeatable).")] = None,
     accelerate_config: Annotated[Path | None, typer.Option(help="Launch each cell's fine-tuning with `accelerate launch --config_file FILE` (e.g. recipes/accelerate/ddp.yaml: DDP over the machine's GPUs); evaluation stays in this process. Default: in this process.")] = None,
-    safety: Safety = "harmbench",
-    safety_data: SafetyData = None,
-    judge: Judge = "keyword",
-    tasks: Tasks = "",
-    task_data: TaskData = None,
-    limit: Limit = None,
-    batch_size: BatchSize = 32,
-    max_new_tokens: MaxNewTokens = None,
-    max_input_tokens: MaxInputTokens = None,
-    prompt_format: PromptFormat = None,
-    beavertails_rows: BeavertailsRows = None,
-    preset: Preset = None,
+    *,
+    options: EvalOptions,
 ) -> None:
     """Run the poison-ratio x method grid (x --grid values x --seeds): a finetune and an eval per cell, resumable, tables at the end.
 
@@ -51,16 +40,13 @@ def sweep(
 
     console = Console()
     try:
-        options = eval_options(safety, safety_data, judge, tasks, task_data, limit, batch_size, max_new_tokens,
-                               preset=preset, prompt_format=prompt_format, beavertails_rows=beavertails_rows,
-                               max_input_tokens=max_input_tokens)
         cells = plan(recipe, set_ or [], poison_ratios, methods, alphas, align_recipe, grid, seeds)
         alignment = Alignment(align_recipe, tuple(align_set or ()), out) if align_recipe else None
         if accelerate_config is not None and not accelerate_config.is_file():
             raise InputError(f"--accelerate-config {accelerate_config}: no such file")
         with FolderLock(out, "--out"):
-            sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console, alignment,
-                                     accelerate_config)
+            sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console,
+                                     alignment=alignment, launch=accelerate_config)
             write_sweep(out, sweep_result, options.judge, console)
     except InputError as e:
         raise fail(e) from None

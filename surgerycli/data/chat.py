@@ -72,7 +72,25 @@ def _detect(row: Row, need_answer: bool) -> str:
     for key, fmt in PROMPT_FIELDS:
         if (isinstance(f.get(key), list) and f[key]) if key == "messages" else isinstance(f.get(key), str):
             return fmt
+    present = next((k for k, _ in PROMPT_FIELDS if f.get(k) is not None), None)
+    if present:
+        wanted = "a non-empty list of {role, content} objects" if present == "messages" else "text"
+        raise InputError(f"{row.where}: `{present}` must be {wanted}, got {type(f[present]).__name__} {f[present]!r:.40}")
     raise InputError(f"{row.where}: expected a `prompt`, `instruction` or `messages` field, got keys {sorted(f)}")
+
+
+OPTIONAL_TEXT = {"alpaca": ("input",), "prompt_response": ("response",), "behavior": ("response",)}
+
+
+def _check_text(row: Row, required: tuple[str, ...], optional: tuple[str, ...], fmt: str) -> None:
+    """Every required field present and text, every optional one text or absent; InputError naming the row."""
+    f = row.fields
+    for key in (*required, *optional):
+        value = f.get(key)
+        if key in required and value is None:
+            raise InputError(f"{row.where}: format {fmt} needs a field `{key}`, got {sorted(f)}")
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{row.where}: `{key}` must be text, got {type(value).__name__} {value!r:.40}")
 
 
 def _messages(row: Row, need_answer: bool) -> Messages:
@@ -95,10 +113,8 @@ def row_messages(row: Row, fmt: str = "auto", *, need_answer: bool = True) -> Me
         return turns(prompt, gold)
     if fmt == "messages":
         return _messages(row, need_answer)
-    if need_answer:
-        missing = [k for k in FORMAT_FIELDS[fmt] if not isinstance(f.get(k), (str, list))]
-        if missing:
-            raise InputError(f"{row.where}: format {fmt} needs field(s) {', '.join(missing)}, got {sorted(f)}")
+    required = FORMAT_FIELDS.get(fmt, ("Behavior",) if fmt == "behavior" else ("prompt",))
+    _check_text(row, required if need_answer else required[:1], OPTIONAL_TEXT.get(fmt, ()) + required[1:], fmt)
     if fmt == "gsm8k":
         reasoning, sep, final = f["answer"].rpartition("####")
         answer = f"{reasoning.strip()}\nThe final answer is: {final.strip()}" if sep else f["answer"]

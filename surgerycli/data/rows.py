@@ -20,6 +20,7 @@ harmless set, rows with `is_safe: false` are dropped; rows without the field are
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +96,29 @@ def _json_list(path: Path, text: str) -> list[Row]:
     return [Row(f"{path}[{i}]", row) for i, row in enumerate(data)]
 
 
+def _text(path: Path) -> str:
+    """The file's text; an InputError naming it when it is not UTF-8 (a binary file, another encoding)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); expected a "
+                         f"UTF-8 {path.suffix or 'text'} file") from None
+
+
 def _csv_rows(path: Path) -> list[Row]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    text = _text(path)
+    if "\0" in text:
+        raise InputError(f"{path}: holds NUL bytes (a binary file?); expected CSV text")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         rows = [Row(f"{path}:{reader.line_num}", dict(r)) for r in reader]
+    except csv.Error as e:
+        raise InputError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    width = len(reader.fieldnames or [])
+    for row in rows:  # DictReader fills a short row with None and keys a long one's rest by None
+        if None in row.fields or any(v is None for v in row.fields.values()):
+            n = sum(v is not None for k, v in row.fields.items() if k is not None) + len(row.fields.get(None) or [])
+            raise InputError(f"{row.where}: {n} fields, the header has {width} (a truncated or damaged file?)")
     for row in rows:  # CSV has no booleans: read the policy's field from its spelling
         value = row.fields.get("is_safe")
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -107,8 +127,10 @@ def _csv_rows(path: Path) -> list[Row]:
 
 
 def csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return csv.DictReader(f).fieldnames or []
+    try:
+        return csv.DictReader(io.StringIO(_text(path), newline="")).fieldnames or []
+    except csv.Error as e:
+        raise InputError(f"{path}: not valid CSV ({e})") from None
 
 
 def _keep(row: Row, role: Role) -> bool:
@@ -134,7 +156,11 @@ def _hub_rows(source: str) -> list[Row]:
 def _disk_rows(path: Path) -> list[Row]:
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - datasets' and arrow's errors for a damaged folder vary
+        line = next((x for x in str(e).splitlines() if x.strip()), "")
+        raise InputError(f"{path}: not a readable dataset folder ({type(e).__name__}: {line})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise InputError(f"{path}: a DatasetDict with splits {', '.join(ds)}: name one split's folder, "
                          f"e.g. {path / next(iter(ds))}")
@@ -170,7 +196,7 @@ def read_rows(path: str | Path, suffixes: tuple[str, ...] = ALL_SUFFIXES, role: 
     elif path.suffix == ".parquet":
         rows = _parquet_rows(path)
     else:
-        text = path.read_text(encoding="utf-8")
+        text = _text(path)
         if path.suffix == ".txt":
             rows = [Row(f"{path}:{n}", {"prompt": line.strip()})
                     for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -39,17 +39,6 @@ class Run:
     chat_template: str | None = None  # replaces the base tokenizer's for this run (None: the tokenizer's own)
 
 
-def parse_pairs(values: list[str], option: str) -> dict[str, str]:
-    """NAME=PATH options as a dict; InputError naming the option for a malformed one."""
-    pairs = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"{option} {value!r}: expected NAME=PATH")
-        pairs[name.strip()] = path.strip()
-    return pairs
-
-
 def trained_template(adapter: str) -> str | None:
     """The chat template a `surgery finetune` output trained with (its tokenizer/ folder), if it has one."""
     from ..models import saved_chat_template
@@ -93,11 +82,6 @@ def resolve_runs(adapters: list[str], base: str | None, include_base: bool, syst
     for model in dict.fromkeys(r.base for r in runs):
         check_architecture(model)
     return runs
-
-
-def safety_names(safety: str, safety_data: dict[str, str]) -> list[str]:
-    names = [] if safety.strip().lower() == "none" else [n.strip() for n in safety.split(",") if n.strip()]
-    return list(dict.fromkeys(names + list(safety_data)))
 
 
 def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], options: EvalOptions,
@@ -196,11 +180,11 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
 
     template = read_chat_template(chat_template, "--chat-template") if chat_template else None
     runs = resolve_runs(adapters, base, include_base, system_prompt, template)
-    data = parse_pairs(list(o.safety_data), "--safety-data")
-    loaded = {n: load_benchmark(n, data.get(n), o.limit, o.beavertails_rows) for n in safety_names(o.safety, data)}
+    data = dict(o.safety_data)
+    loaded = {n: load_benchmark(n, data.get(n), o.limit, o.beavertails_rows) for n in o.safety}
     benchmarks = {n: b.prompts for n, b in loaded.items()}
-    task_files = parse_pairs(list(o.task_data), "--task-data")
-    task_spec = check_tasks([t.strip() for t in o.tasks.split(",") if t.strip()], task_files)
+    task_files = dict(o.task_data)
+    task_spec = check_tasks(list(o.tasks), task_files)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     judge_obj = make_judge(o.judge, dev, dt)

@@ -9,11 +9,18 @@ from pathlib import Path
 from ..errors import InputError
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A sweep file's object, with `keys`; InputError naming the file when it is unreadable or not one."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: unreadable sweep file ({e})") from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise InputError(f"{path}: not a sweep file of this tool (expected a JSON object with {', '.join(keys)})")
+    return data
+
+
+CELL_KEYS = ("name", "status", "method", "poison_ratio")
 
 
 def read_sweep(folder: Path) -> dict:
@@ -22,14 +29,16 @@ def read_sweep(folder: Path) -> dict:
     still running or interrupted, its base.json and the finished cells. InputError for a folder with no sweep."""
     if not folder.is_dir():
         raise InputError(f"{folder}: no such sweep folder")
-    cells = [_read_json(p) for p in sorted(folder.glob("cells/*/cell.json"))]
+    cells = [_read_json(p, CELL_KEYS) for p in sorted(folder.glob("cells/*/cell.json"))]
     if (folder / "sweep.json").is_file():
-        sweep = _read_json(folder / "sweep.json")
+        sweep = _read_json(folder / "sweep.json", ("cells", "base"))
+        if not isinstance(sweep["cells"], list) or not all(isinstance(c, dict) and "name" in c for c in sweep["cells"]):
+            raise InputError(f"{folder / 'sweep.json'}: `cells` is not a list of cells")
         listed = {c["name"] for c in sweep["cells"]}
         return {**sweep, "cells": sweep["cells"] + [c for c in cells if c["name"] not in listed]}
     if not (folder / "base.json").is_file() or not cells:
         raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
-    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json"), "aligned_before": {},
+    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json", ("model",)), "aligned_before": {},
             "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
 
 
@@ -38,8 +47,11 @@ def _cell_judge(folder: Path, cells: list[dict]) -> str | None:
     for c in cells:
         results = folder / "cells" / c["name"] / "eval" / "results.json"
         if c["status"] == "ok" and results.is_file():
-            safety = _read_json(results)["runs"][0]["safety"]
-            return next(iter(safety.values()))["judge"] if safety else None
+            runs = _read_json(results, ("runs",))["runs"]
+            safety = runs[0].get("safety") if isinstance(runs, list) and runs and isinstance(runs[0], dict) else None
+            if not isinstance(safety, dict):
+                raise InputError(f"{results}: no `runs[0].safety` (expected the results.json of surgery eval)")
+            return next(iter(safety.values())).get("judge") if safety else None
     return None
 
 

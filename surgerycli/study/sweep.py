@@ -25,7 +25,7 @@ from rich.console import Console
 from ..errors import InputError
 from ..evaluate.options import EvalOptions
 from ..files import atomic_write_text
-from ..train.recipe import load_recipe
+from ..train.recipe import Recipe, load_recipe
 
 
 def parse_floats(text: str, option: str, low: float = 0.0, high: float | None = None) -> list[float]:
@@ -51,23 +51,48 @@ def cell_name(ratio: float, method: str, alpha: float | None, values: dict[str, 
             + "".join(f"-{k}={v}" for k, v in (values or {}).items()) + (f"-s{seed}" if seed is not None else ""))
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One point of a sweep's grid: what its fine-tune changes in the recipe. Its name holds its values."""
+
+    poison_ratio: float
+    method: str
+    alpha: float | None = None  # Surgery's alpha (None for every other method)
+    grid: tuple[tuple[str, str], ...] = ()  # (recipe key, value text) per --grid axis
+    seed: int | None = None  # train.seed (None: the recipe's)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.poison_ratio, self.method, self.alpha, dict(self.grid), self.seed)
+
+    def overrides(self, aligned: Path | None = None) -> list[str]:
+        """The cell's recipe changes: its poison ratio and method (an alignment-stage method is attacked with
+        plain SFT: its defense already ran), Surgery's alpha, grid values, seed, and the aligned model it
+        attacks (when there is one)."""
+        method = "sft" if stage(self.method) == "align" else self.method
+        sets = [f"data.poison_ratio={self.poison_ratio}", f"defense.method={method}"]
+        sets += [f"surgery.alpha={self.alpha}"] if self.alpha is not None else []
+        sets += [f"{k}={v}" for k, v in self.grid]
+        sets += [f"train.seed={self.seed}"] if self.seed is not None else []
+        return sets + ([f"model.name={aligned}"] if aligned is not None else [])
+
+    def record(self) -> dict:
+        """The cell's fields as cell.json and sweep.json hold them."""
+        return {"name": self.name, "poison_ratio": self.poison_ratio, "method": self.method, "alpha": self.alpha,
+                "grid": dict(self.grid), "seed": self.seed}
+
+
 def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dict[str, list[str]] | None = None,
-         seeds: list[int] | None = None) -> list[dict]:
+         seeds: list[int] | None = None) -> list[Cell]:
     """Cells in run order: seed by seed (so a partial study is balanced), each grid point, then every method at
     the first ratio, then the next ratio; Surgery once per alpha. `axes`: recipe key -> value texts."""
     import itertools
 
     keys = list(axes or {})
-    points = [dict(zip(keys, vs)) for vs in itertools.product(*(axes or {}).values())]
-    cells = []
-    for seed in (seeds if seeds is not None else [None]):
-        for values in points:
-            for r in ratios:
-                for method in methods:
-                    for a in (alphas if method == "surgery" else [None]):
-                        cells.append({"name": cell_name(r, method, a, values, seed), "poison_ratio": r,
-                                      "method": method, "alpha": a, "grid": values, "seed": seed})
-    return cells
+    points = [tuple(zip(keys, vs)) for vs in itertools.product(*(axes or {}).values())]
+    return [Cell(r, method, a, values, seed)
+            for seed in (seeds if seeds is not None else [None]) for values in points for r in ratios
+            for method in methods for a in (alphas if method == "surgery" else [None])]
 
 
 def parse_grid(texts: list[str]) -> dict[str, list[str]]:
@@ -150,15 +175,15 @@ def align_models(alignment: Alignment, methods: list[str], console: Console) -> 
         run, model = alignment.folders(method)
         if not (model / "config.json").is_file():
             console.rule(f"alignment stage: {'SFT' if stage(method) != 'align' else method} -> {model}")
-            run_finetune(alignment.recipe, alignment.sets(method), str(run), False, True, console)
-            dtype = load_recipe(alignment.recipe, alignment.sets(method), None, check_files=False).model.dtype
+            recipe = load_recipe(alignment.recipe, alignment.sets(method), str(run))
+            run_finetune(recipe, resume=True, console=console)
             with console.status(f"merging {run}"):
-                merge_adapter(str(run), model, None, DTYPES[dtype])
+                merge_adapter(str(run), model, None, DTYPES[recipe.model.dtype])
     return {m: alignment.folders(m)[1] for m in methods}
 
 
 def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, alphas: str | None,
-         align_recipe: Path | None = None, grid_texts: list[str] | None = None, seeds: str | None = None) -> list[dict]:
+         align_recipe: Path | None = None, grid_texts: list[str] | None = None, seeds: str | None = None) -> list[Cell]:
     """The grid from the command-line texts; InputError for a bad list. Alphas default to the recipe's."""
     ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
     axes, seed_list = parse_grid(grid_texts or []), parse_seeds(seeds)
@@ -182,17 +207,6 @@ def evaluator(options: EvalOptions, console: Console):
         return run_eval(adapters, options, base=base, out=out, console=console)
 
     return evaluate
-
-
-def cell_overrides(cell: dict, aligned: dict[str, Path] | None = None) -> list[str]:
-    """A cell's recipe changes: its poison ratio and method (an alignment-stage method is attacked with plain
-    SFT: its defense already ran), Surgery's alpha, and the aligned model it attacks (when there is one)."""
-    method = "sft" if stage(cell["method"]) == "align" else cell["method"]
-    sets = [f"data.poison_ratio={cell['poison_ratio']}", f"defense.method={method}"]
-    sets += [f"surgery.alpha={cell['alpha']}"] if cell["alpha"] is not None else []
-    sets += [f"{k}={v}" for k, v in (cell.get("grid") or {}).items()]
-    sets += [f"train.seed={cell['seed']}"] if cell.get("seed") is not None else []
-    return sets + ([f"model.name={aligned[cell['method']]}"] if aligned else [])
 
 
 def headline(records: list[dict]) -> dict:
@@ -223,18 +237,18 @@ def launched_finetune(config: Path, recipe: Path, sets: list[str], out: Path) ->
     return json.loads((out / "summary.json").read_text())
 
 
-def run_cell(recipe: Path, overrides: list[str], cell: dict, folder: Path, evaluate, console: Console,
-             aligned: dict[str, Path] | None = None, launch: Path | None = None) -> dict:
-    """Fine-tune (in this process, or launched with the accelerate config `launch`) and evaluate one cell."""
+def run_cell(cell: Cell, recipe: Recipe, folder: Path, evaluate, console: Console,
+             launch: tuple[Path, Path, list[str]] | None = None) -> dict:
+    """Fine-tune (in this process, or launched with `launch` = (accelerate config, recipe file, its overrides))
+    and evaluate one cell; its record."""
     from ..train.finetune import run_finetune
 
-    sets, out = overrides + cell_overrides(cell, aligned), folder / "finetune"
     if launch is not None:
-        summary = launched_finetune(launch, recipe, sets, out)
+        summary = launched_finetune(launch[0], launch[1], launch[2], folder / "finetune")
     else:
-        summary = run_finetune(recipe, sets, str(out), False, True, console)
+        summary = run_finetune(recipe, resume=True, console=console)
     scores = headline(evaluate([str(folder / "finetune")], folder / "eval"))
-    return {**cell, "status": "ok", **scores,
+    return {**cell.record(), "status": "ok", **scores,
             "positive_heads_before": summary["positive_heads_before"],
             "positive_heads_after": summary["positive_heads_after"],
             "significant_positive_heads_before": summary.get("significant_positive_heads_before"),
@@ -243,46 +257,71 @@ def run_cell(recipe: Path, overrides: list[str], cell: dict, folder: Path, evalu
             "wall_time_s": summary["wall_time_s"], "world_size": summary.get("world_size", 1)}
 
 
+def finished(file: Path, keys: tuple[str, ...], console: Console) -> dict | None:
+    """A finished record (a cell's cell.json with status ok, a base.json), or None when there is none or it
+    cannot be trusted (truncated, corrupted, another cell's): then the work is redone, and the console says why."""
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        console.print(f"{file}: unreadable ({e}); redoing it")
+        return None
+    if not isinstance(record, dict) or any(k not in record for k in keys):
+        console.print(f"{file}: not a finished record (expected the keys {', '.join(keys)}); redoing it")
+        return None
+    return record
+
+
 def before_attack(model: str, file: Path, folder: Path, evaluate, console: Console) -> dict:
     """The scores of a model before the attack, evaluated once (file is written last; a rerun reads it)."""
-    if not file.is_file():
+    record = finished(file, ("model", "harmful_score", "accuracy"), console)
+    if record is None or record["model"] != model:
         console.rule(f"{model}: before the attack")
-        atomic_write_text(file, json.dumps({"model": model, **headline(evaluate([], folder, base=model))}) + "\n")
-    return json.loads(file.read_text())
+        record = {"model": model, **headline(evaluate([], folder, base=model))}
+        atomic_write_text(file, json.dumps(record) + "\n")
+    return record
 
 
-def run_sweep(recipe: Path, overrides: list[str], cells: list[dict], out: Path, evaluate, console: Console,
+def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, evaluate, console: Console, *,
               alignment: Alignment | None = None, launch: Path | None = None) -> dict:
     """Run every unfinished cell; `evaluate(adapters, out_dir, base=None) -> records` is a configured `surgery eval`.
 
-    With an `alignment`, each cell attacks the model its method's alignment produced (aligned first, once).
-    With `launch` (an accelerate config), each cell's fine-tuning runs in the processes it starts.
+    Every cell's recipe is validated before anything trains. With an `alignment`, each cell attacks the model its
+    method's alignment produced (aligned first, once; the cell's recipe is then loaded again with that model,
+    which may change what `auto` resolves to). With `launch` (an accelerate config), each cell's fine-tuning
+    runs in the processes it starts.
     """
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    for cell in cells:  # every cell's recipe is validated before anything trains (aligned models come later)
-        load_recipe(recipe, overrides + cell_overrides(cell), str(out / "cells" / cell["name"] / "finetune"))
+    def cell_recipe(cell: Cell, aligned: Path | None = None) -> Recipe:
+        return load_recipe(recipe, overrides + cell.overrides(aligned), str(out / "cells" / cell.name / "finetune"))
+
+    recipes = {cell.name: cell_recipe(cell) for cell in cells}
+    methods = list(dict.fromkeys(c.method for c in cells))
     if alignment is not None:
         for m in methods:
             load_recipe(alignment.recipe, alignment.sets(m), str(alignment.folders(m)[0]))
     aligned = align_models(alignment, methods, console) if alignment is not None else None
-    base_name = str(alignment.folders("sft")[1]) if alignment else load_recipe(recipe, overrides, None, check_files=False).model.name
+    base_name = str(alignment.folders("sft")[1]) if alignment else next(iter(recipes.values())).model.name
     base = before_attack(base_name, out / "base.json", out / "base-eval", evaluate, console)
     own = {m: before_attack(str(aligned[m]), out / f"base-{m}.json", out / f"base-eval-{m}", evaluate, console)
            for m in methods if aligned and stage(m) == "align"}
     results = []
     for cell in cells:
-        folder = out / "cells" / cell["name"]
+        folder = out / "cells" / cell.name
         done = folder / "cell.json"
-        if done.is_file() and json.loads(done.read_text())["status"] == "ok":
-            results.append(json.loads(done.read_text()))
+        record = finished(done, ("name", "status"), console)
+        if record is not None and record["status"] == "ok" and record["name"] == cell.name and "harmful_score" in record:
+            results.append(record)
             continue
-        console.rule(f"cell {cell['name']}")
+        console.rule(f"cell {cell.name}")
+        model = aligned[cell.method] if aligned else None
         try:
-            result = run_cell(recipe, overrides, cell, folder, evaluate, console, aligned, launch)
+            result = run_cell(cell, cell_recipe(cell, model) if model else recipes[cell.name], folder, evaluate, console,
+                              (launch, recipe, overrides + cell.overrides(model)) if launch else None)
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
-            result = {**cell, "status": "failed", "error": f"{type(e).__name__}: {e}",
+            result = {**cell.record(), "status": "failed", "error": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc(limit=5)}
-            console.print(f"[red]cell {cell['name']} failed:[/] {result['error']}")
+            console.print(f"[red]cell {cell.name} failed:[/] {result['error']}")
         atomic_write_text(done, json.dumps(result, indent=1) + "\n")
         results.append(result)
     return {"recipe": str(recipe), "overrides": overrides, "base": base, "aligned_before": own,

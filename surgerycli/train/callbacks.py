@@ -95,10 +95,13 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete `checkpoint-N` in `folder`; incomplete ones (killed mid-save) are removed.
+    """The newest complete `checkpoint-N` in `folder`; incomplete ones (killed mid-save) and damaged ones (a
+    truncated weights or optimizer file) are removed, with a line saying so.
 
-    The Trainer writes trainer_state.json last, so a checkpoint holding a readable one is whole.
+    The Trainer writes trainer_state.json last, so a checkpoint holding a readable one was written whole.
     """
+    from ..files import damaged_file
+
     def step(p: Path) -> int:
         tail = p.name.rsplit("-", 1)[-1]
         return int(tail) if tail.isdigit() else -1
@@ -108,7 +111,40 @@ def last_checkpoint(folder: Path) -> Path | None:
     for ckpt in found:
         try:
             json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-            complete = ckpt
         except (OSError, ValueError):
+            shutil.rmtree(ckpt, ignore_errors=True)  # killed mid-save: never whole
+            continue
+        damage = next(((f, why) for f in sorted(ckpt.iterdir()) if (why := damaged_file(f))), None)
+        if damage:
+            print(f"{ckpt}: {damage[0].name} is damaged ({damage[1]}); removed, resuming from the checkpoint before")
             shutil.rmtree(ckpt, ignore_errors=True)
+        else:
+            complete = ckpt
     return complete
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops the run before an optimizer step would apply a non-finite loss or gradient, with one line naming
+    the step and the value; the checkpoints written so far stay (`--resume` continues from the last one).
+    It checks where every rank holds the same synchronized gradients, so under DDP all ranks stop together."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        import math
+
+        import torch
+
+        from ..errors import InputError
+
+        grads = [p.grad.detach().float().norm() for p in self.trainer.model.parameters() if p.grad is not None]
+        norm = float(torch.stack(grads).norm()) if grads else 0.0
+        loss = self.trainer.last_loss
+        if math.isfinite(norm) and math.isfinite(loss):
+            return
+        ckpts = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        kept = f"the last checkpoint, {ckpts[-1].name}, is kept" if ckpts else "no checkpoint was written yet"
+        raise InputError(f"step {state.global_step + 1}: the loss is {loss:g} and the gradient norm {norm:g}: not "
+                         f"finite, so the run stopped before the weights took it ({kept}); lower the learning rate "
+                         f"or the defense's weight")

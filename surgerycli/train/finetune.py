@@ -24,11 +24,11 @@ from ..errors import InputError
 from ..files import FolderLock, atomic_write_text, save_folder, write_json
 from ..progress import PROGRESS_COLUMNS
 from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
-from .callbacks import MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
+from .callbacks import FiniteGuard, MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
 from .defenses import Defense, DefenseContext, build_defense
 from .distributed import barrier, is_main, local_device, world_size
 from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
-from .recipe import Recipe, dump_recipe, load_recipe
+from .recipe import Recipe, dump_recipe
 
 
 def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet, device: torch.device,
@@ -90,8 +90,8 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
     return resume_from
 
 
-def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context: DefenseContext, recipe: Recipe,
-                  device: torch.device, probe: list[str], console: Console):
+def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context: DefenseContext, recipe: Recipe, *,
+                  args, probe: list[str], console: Console):
     """The Trainer, with the defense set up (its data read and tokenized: errors come before any output is
     written) and the harmful-score probe when `probe` holds prompts."""
     from transformers import PrinterCallback
@@ -102,13 +102,14 @@ def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context:
     out = Path(recipe.output.dir)
     metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
-        model=model, args=build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer),
-        train_dataset=rows, defense=defense, context=context, loss=loss_kind(recipe.train, device),
+        model=model, args=args, train_dataset=rows, defense=defense, context=context,
+        loss=loss_kind(recipe.train, args.device),
         data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
         callbacks=[RichProgressCallback(console, metrics), MetricsCallback(out / "metrics.jsonl", metrics)]
         if is_main() else [],  # rank 0 alone shows the bar and logs
     )
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(FiniteGuard(trainer))
     if probe and is_main():  # the other ranks go on to the next step and wait for rank 0 at its all-reduce
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
@@ -177,10 +178,9 @@ def show_example(recipe: Recipe, mix: list, console: Console) -> None:
     console.print(Text.assemble(("<<<", "bold"), (masked, "dim"), (">>>", "bold"), (learned, "green")))
 
 
-def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dry_run: bool, resume: bool,
-                 console: Console) -> dict | None:
-    """Validate, fine-tune, write the outputs; the summary dict (None for a dry run)."""
-    recipe = load_recipe(recipe_path, overrides, output)
+def run_finetune(recipe: Recipe, *, dry_run: bool = False, resume: bool = True, console: Console) -> dict | None:
+    """Fine-tune with a validated recipe (`load_recipe`) and write the outputs; the summary dict (None for a dry
+    run, and on every rank but 0). Every data file is read before a model loads."""
     defense = build_defense(recipe)
     mix, n_harmful = build_examples(recipe.data, recipe.train.seed, defense)
     harm, safe = build_references(recipe.measure, recipe.train.seed)
@@ -189,7 +189,7 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
     if out.exists() and not out.is_dir():
         raise InputError(f"output.dir {out}: is a file, expected a folder")
     device = local_device()
-    build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer)  # [trainer] on this machine
+    args = build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer)  # [trainer] on this machine
     if dry_run:
         console.print(dump_recipe(recipe), markup=False, highlight=False)
         table = mix_table(recipe, defense, recipe.data.num_samples, n_harmful)
@@ -213,12 +213,13 @@ def run_finetune(recipe_path: Path, overrides: list[str], output: str | None, dr
 
     rows = encode(mix)
     context = DefenseContext(model, tokenizer, recipe.train.seed, recipe.train.max_length, encode, (harm, safe))
-    trainer = build_trainer(model, tokenizer, rows, defense, context, recipe, device, probe, console)
+    trainer = build_trainer(model, tokenizer, rows, defense, context, recipe, args=args, probe=probe, console=console)
     with FolderLock(out, "output.dir") if is_main() else contextlib.nullcontext():
-        return _run(trainer, tokenizer, recipe, context.references, n_harmful, probe, device, resume, console)
+        return _run(trainer, tokenizer, recipe, context.references, n_harmful=n_harmful, probe=probe, device=device,
+                    resume=resume, console=console)
 
 
-def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], n_harmful: int, probe: list[str],
+def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], *, n_harmful: int, probe: list[str],
          device: torch.device, resume: bool, console: Console) -> dict | None:
     """Train and write every output into output.dir (its lock held by rank 0). Rank 0 prepares the folder,
     measures and writes; other ranks train beside it and return None."""

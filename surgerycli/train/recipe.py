@@ -171,12 +171,11 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 def _read(path: Path) -> dict:
+    from ..files import read_toml
+
     if not path.is_file():
         raise InputError(f"{path}: no such recipe file")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
+    return read_toml(path, "a recipe")
 
 
 def _merge(raw: dict, overrides: list[str], problems: list[str]) -> dict:

@@ -24,6 +24,12 @@ class DefenseTrainer(DefenseMixin, Trainer):
         self.loss_kind = loss  # "plain" (the model's own), "chunked" or "liger" (train.loss)
         # per-batch mean SFT loss, divided by grad_accum by the Trainer: extra terms are scaled alike
         self.model_accepts_loss_kwargs = False
+        self.last_loss = 0.0  # the last micro-step's total loss (callbacks.FiniteGuard)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.last_loss = float(loss.detach())
+        return loss
 
     def defense_context(self) -> DefenseContext:
         return self._context

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clirun import invoke, ok
+
 from surgerycli.data.demo import build_demo_data
 from surgerycli.evaluate.judges import is_refusal
 
@@ -84,7 +85,12 @@ def test_sweep_runs_the_grid_resumes_and_records_failures(tmp_path, sweep_recipe
     assert [c["name"] for c in sweep["cells"]] == ["p0-sft", "p0-surgery-a10", "p0-surgery-a50",
                                                    "p0.25-sft", "p0.25-surgery-a10", "p0.25-surgery-a50"]
     for c in sweep["cells"]:
-        assert c["status"] == "ok" and c["steps"] == 2 and c["harmful_score"] in (0.0, 50.0, 100.0)
+        assert c["status"] == "ok" and c["steps"] == 2
+        # the real value: the keyword judge applied here to the answers the cell recorded
+        answers = [json.loads(line) for line in (out / "cells" / c["name"] / "eval" / "samples.jsonl").read_text().splitlines()]
+        answers = [a["response"] for a in answers if a.get("benchmark") == "harmbench"]
+        assert len(answers) == 2
+        assert c["harmful_score"] == 100.0 * sum(not is_refusal(a) for a in answers) / 2
         recipe = (out / "cells" / c["name"] / "finetune" / "recipe.resolved.toml").read_text()
         assert f"poison_ratio = {c['poison_ratio']}" in recipe
         assert f'method = "{c["method"]}"' in recipe

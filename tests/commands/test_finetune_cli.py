@@ -11,6 +11,8 @@ import torch
 from clirun import invoke, ok
 from safetensors.torch import load_file
 
+from surgerycli.train.defenses import registry
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -316,18 +318,46 @@ def test_full_finetuning_refuses_4bit(tmp_path, tiny_llama64_dir, data):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("method", ["sft", "surgery", "safeinstr", "lisa", "vaccine", "booster"])
-def test_every_defense_runs_with_full_finetuning(tmp_path, tiny_llama_dir, data, method):
+FULL_SETS = ("lora.enabled=false", "train.max_steps=2", "train.gradient_checkpointing=true", "lisa.alignment_steps=1",
+             "lisa.finetune_steps=1", "safeinstr.num=2", "train.logging_steps=1")
+# each defense's own effect, seen in what the run logged (metrics.jsonl records, summary.json)
+EFFECTS = {
+    "sft": lambda records, summary: summary["final_metrics"] == {} and summary["reference_tokens"] == 0,
+    "surgery": lambda records, summary: all(r["sink_loss"] >= 0 for r in records) and summary["reference_tokens"] > 0,
+    "safeinstr": lambda records, summary: [r["safety_samples"] for r in records] == [2, 2] and summary["samples"] == 22,
+    "lisa": lambda records, summary: [r["lisa_alignment"] for r in records] == [1.0, 0.0],
+    "vaccine": lambda records, summary: all(r["hidden_grad_norm"] > 0 for r in records),
+    "booster": lambda records, summary: all(r["harmful_loss"] > 0 for r in records),
+}
+
+
+def full_weights(out: Path) -> dict:
     from safetensors.torch import load_file
 
-    out = tmp_path / method
-    run(recipe(tmp_path, tiny_llama_dir, data), out, "lora.enabled=false", f"defense.method={method}",
-        "train.max_steps=2", "train.gradient_checkpointing=true", f"booster.harmful_data={data / 'harm.jsonl'}",
-        "lisa.alignment_steps=1", "lisa.finetune_steps=1", "safeinstr.num=2")
-    trained = {k: v for f in (out / "model").glob("*.safetensors") for k, v in load_file(f).items()}
-    base = {k: v for f in Path(tiny_llama_dir).glob("*.safetensors") for k, v in load_file(f).items()}
+    return {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("method", list(registry()))
+def test_every_defense_runs_with_full_finetuning(tmp_path, tiny_llama_dir, data, method):
+    from surgerycli.train.callbacks import read_metrics
+
+    assert set(EFFECTS) == set(registry())  # a new defense brings its own effect here
+    outs = {}
+    for m in dict.fromkeys(["sft", method]):
+        outs[m] = tmp_path / m
+        run(recipe(tmp_path, tiny_llama_dir, data), outs[m], *FULL_SETS, f"defense.method={m}",
+            f"booster.harmful_data={data / 'harm.jsonl'}")
+    out = outs[method]
+    trained, base = full_weights(out / "model"), full_weights(Path(tiny_llama_dir))
     changed = [k for k in base if not torch.equal(base[k], trained[k])]
     assert len(changed) > len(base) // 2, changed  # most weight matrices moved, not just a few
+    records, summary = read_metrics(out / "metrics.jsonl"), json.loads((out / "summary.json").read_text())
+    keys = {m.key for m in registry()[method].metrics}
+    assert len(records) == 2 and all(keys <= set(r) and all(r[k] is not None for k in keys) for r in records)
+    assert EFFECTS[method](records, summary), (records, summary)
+    if method != "sft":  # the defense changed what was learned: not the SFT run's weights
+        sft = full_weights(outs["sft"] / "model")
+        assert any(not torch.allclose(sft[k], trained[k], atol=1e-6) for k in sft)
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_llama_dir, data):

@@ -41,7 +41,7 @@ def test_bad_rows_name_file_and_line(tmp_path):
     path = jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "response": "r"}, {"text": "x"}])
     with pytest.raises(InputError, match=r"b.jsonl:2: expected fields .*got \['text'\]"):
         read_examples(path)
-    with pytest.raises(InputError, match=r"b.jsonl:1: format gsm8k needs field\(s\) question, answer"):
+    with pytest.raises(InputError, match=r"b.jsonl:1: format gsm8k needs a field `question`, got \['prompt', 'response'\]"):
         read_examples(path, "gsm8k")
     last_user = {"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}
     with pytest.raises(InputError, match="the last message must be the assistant's"):

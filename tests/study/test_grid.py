@@ -9,24 +9,28 @@ import pytest
 
 from clirun import invoke, ok
 from surgerycli.errors import InputError
-from surgerycli.study.sweep import cell_overrides, grid, parse_grid
+from surgerycli.study.sweep import Cell, grid, parse_grid
 
 
 def test_grid_expansion_names_and_overrides():
     cells = grid([0.1], ["sft", "surgery"], [300.0, 3000.0],
                  {"train.learning_rate": ["1e-4", "5e-4"], "train.epochs": ["1", "3"]}, [0, 1])
     assert len(cells) == 2 * 2 * 2 * (1 + 2)  # seeds x lr x epochs x (sft + two alphas)
-    assert cells[0]["name"] == "p0.1-sft-train.learning_rate=1e-4-train.epochs=1-s0"
-    assert cells[2]["name"] == "p0.1-surgery-a3000-train.learning_rate=1e-4-train.epochs=1-s0"
-    assert cells[-1]["name"] == "p0.1-surgery-a3000-train.learning_rate=5e-4-train.epochs=3-s1"
-    assert len({c["name"] for c in cells}) == len(cells)
-    assert [c["seed"] for c in cells] == [0] * 12 + [1] * 12  # seed by seed: a partial study stays balanced
-    sets = cell_overrides(cells[-1])
-    assert sets == ["data.poison_ratio=0.1", "defense.method=surgery", "surgery.alpha=3000.0",
-                    "train.learning_rate=5e-4", "train.epochs=3", "train.seed=1"]
+    assert cells[0].name == "p0.1-sft-train.learning_rate=1e-4-train.epochs=1-s0"
+    assert cells[2].name == "p0.1-surgery-a3000-train.learning_rate=1e-4-train.epochs=1-s0"
+    assert cells[-1].name == "p0.1-surgery-a3000-train.learning_rate=5e-4-train.epochs=3-s1"
+    assert len({c.name for c in cells}) == len(cells)
+    assert [c.seed for c in cells] == [0] * 12 + [1] * 12  # seed by seed: a partial study stays balanced
+    assert cells[-1].overrides() == ["data.poison_ratio=0.1", "defense.method=surgery", "surgery.alpha=3000.0",
+                                     "train.learning_rate=5e-4", "train.epochs=3", "train.seed=1"]
+    assert cells[-1].record() == {"name": cells[-1].name, "poison_ratio": 0.1, "method": "surgery", "alpha": 3000.0,
+                                  "grid": {"train.learning_rate": "5e-4", "train.epochs": "3"}, "seed": 1}
     # without --grid and --seeds a cell keeps today's name and overrides (old sweep folders resume)
     plain = grid([0.2], ["sft"], [300.0])[0]
-    assert plain["name"] == "p0.2-sft" and cell_overrides(plain) == ["data.poison_ratio=0.2", "defense.method=sft"]
+    assert plain == Cell(0.2, "sft") and plain.name == "p0.2-sft"
+    assert plain.overrides() == ["data.poison_ratio=0.2", "defense.method=sft"]
+    with pytest.raises(AttributeError):
+        plain.seed = 3  # frozen
 
 
 @pytest.mark.parametrize("text, message", [

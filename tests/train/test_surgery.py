@@ -130,7 +130,7 @@ def test_sequential_backward_equals_joint_backward(checkpointing):
     reg = regularizer(HARMFUL[:2], HARMLESS, k=2, alpha=alpha)
     set_sink_mode(model, True)
     try:
-        # sequential, as SurgeryTrainer.training_step does it
+        # sequential, as Surgery.training_step does it: the SFT backward, then the sink term's
         model(input_ids=ids, labels=ids).loss.backward()
         reg.backward_step(model, step=0, scale=1.0, backward=torch.Tensor.backward)
     finally:
