@@ -108,7 +108,9 @@ def test_every_reader_names_the_file_for_every_bad_input(tmp_path, fmt, case):
     for read in (lambda: read_examples(path), lambda: read_refset(path, "harmful")):
         with pytest.raises(InputError) as e:
             read()
-        one_line(e.value, path)
+        text = one_line(e.value, path)
+        if case == "wrong-types":  # the field is there: its type is what is wrong, and the message says so
+            assert "`prompt` must be text, got int 7" in text, text
 
 
 def test_a_bad_data_file_through_the_cli_is_exit_code_2(tmp_path, tiny_llama_dir):
