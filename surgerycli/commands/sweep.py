@@ -18,7 +18,7 @@ def sweep(
     poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios.")] = "0,0.05,0.1,0.15,0.2",
     methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names: sft, surgery, safeinstr, lisa, vaccine, booster), or `all`.")] = "sft,surgery",
     alphas: Annotated[str | None, typer.Option(help="Comma-separated Surgery alphas (one cell each); default: the recipe's.")] = None,
-    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,...: any recipe key over these values, crossed with the rest (repeatable), e.g. train.learning_rate=1e-4,2e-4,5e-4; cells are named by their values.")] = None,
+    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,...: any recipe key over these values, crossed with the rest (repeatable), e.g. train.learning_rate=1e-4,2e-4,5e-4; cells are named by their values. A key of a defense's own section multiplies that defense's cells only: its main hyperparameter is surgery.alpha (= --alphas), lisa.rho, vaccine.rho, booster.lamb, safeinstr.num.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated train.seed values (data mix, LoRA init, reference draws), one cell each; tables show the mean, standard deviation and pooled 95% interval over seeds. Default: the recipe's seed.")] = None,
     set_: Sets = None,
     align_recipe: Annotated[Path | None, typer.Option(help="Alignment-stage recipe: fine-tuning-stage methods attack the model it aligns with plain SFT; each alignment-stage method (vaccine, booster) aligns its own model with it, once for every poison ratio, and is then attacked with plain SFT. Without it the recipe's model is the aligned model.")] = None,

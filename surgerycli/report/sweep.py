@@ -16,11 +16,13 @@ from .eval import markdown_table
 
 
 def method_label(cell: dict) -> str:
-    """The method's title from the defense registry, with Surgery's alpha."""
+    """The method's title from the defense registry, with Surgery's alpha and the values of the method's own
+    grid axes (`Lisa rho=0.5`)."""
     from ..train.defenses import registry
 
     title = registry()[cell["method"]].title
-    return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "")
+    own = "".join(f" {k}={v}" for k, v in (cell.get("options") or {}).items())
+    return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "") + own
 
 
 def point_label(grid: dict) -> str:

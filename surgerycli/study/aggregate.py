@@ -18,8 +18,9 @@ HEADS = ("positive_heads_before", "positive_heads_after", "significant_positive_
 
 
 def group_key(cell: dict) -> tuple:
-    """What a cell is apart from its seed: method, alpha, grid values, poison ratio."""
-    return cell["method"], cell.get("alpha"), tuple((cell.get("grid") or {}).items()), cell["poison_ratio"]
+    """What a cell is apart from its seed: method, alpha, the method's own axes, grid values, poison ratio."""
+    return (cell["method"], cell.get("alpha"), tuple((cell.get("options") or {}).items()),
+            tuple((cell.get("grid") or {}).items()), cell["poison_ratio"])
 
 
 def score_stats(cells: list[dict], key: str, n_key: str, ci_key: str) -> dict | None:
@@ -47,8 +48,8 @@ def aggregate(cells: list[dict]) -> list[dict]:
         if c["status"] == "ok":
             groups.setdefault(group_key(c), []).append(c)
     out = []
-    for (method, alpha, grid, ratio), members in groups.items():
-        rec = {"method": method, "alpha": alpha, "grid": dict(grid), "poison_ratio": ratio,
+    for (method, alpha, options, grid, ratio), members in groups.items():
+        rec = {"method": method, "alpha": alpha, "options": dict(options), "grid": dict(grid), "poison_ratio": ratio,
                "seeds": [c.get("seed") for c in members], "cells": [c["name"] for c in members]}
         rec |= {name: score_stats(members, *keys) for name, keys in SCORES.items()}
         for h in HEADS:

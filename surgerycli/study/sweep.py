@@ -39,15 +39,17 @@ def parse_floats(text: str, option: str, low: float = 0.0, high: float | None = 
     return values
 
 
-OWNED_KEYS = {"data.poison_ratio": "--poison-ratios", "defense.method": "--methods", "surgery.alpha": "--alphas",
+OWNED_KEYS = {"data.poison_ratio": "--poison-ratios", "defense.method": "--methods",
               "train.seed": "--seeds", "model.name": "the recipe (or --align-recipe)",
               "output.dir": "--out"}  # set by the sweep itself: --grid refuses them
 
 
 def cell_name(ratio: float, method: str, alpha: float | None, values: dict[str, str] | None = None,
-              seed: int | None = None) -> str:
-    """`p0.1-surgery-a300`, then `-KEY=VALUE` per grid key and `-s1` for a seed: a cell's values in its name."""
+              seed: int | None = None, options: dict[str, str] | None = None) -> str:
+    """`p0.1-surgery-a300` (`p0.1-lisa-rho=0.5` for the method's own axes), then `-KEY=VALUE` per grid key and
+    `-s1` for a seed: a cell's values in its name."""
     return (f"p{ratio:g}-{method}" + (f"-a{alpha:g}" if alpha is not None else "")
+            + "".join(f"-{k}={v}" for k, v in (options or {}).items())
             + "".join(f"-{k}={v}" for k, v in (values or {}).items()) + (f"-s{seed}" if seed is not None else ""))
 
 
@@ -58,12 +60,13 @@ class Cell:
     poison_ratio: float
     method: str
     alpha: float | None = None  # Surgery's alpha (None for every other method)
-    grid: tuple[tuple[str, str], ...] = ()  # (recipe key, value text) per --grid axis
+    grid: tuple[tuple[str, str], ...] = ()  # (recipe key, value text) per --grid axis every method shares
     seed: int | None = None  # train.seed (None: the recipe's)
+    options: tuple[tuple[str, str], ...] = ()  # (key of the method's own section, value text): its own axes
 
     @property
     def name(self) -> str:
-        return cell_name(self.poison_ratio, self.method, self.alpha, dict(self.grid), self.seed)
+        return cell_name(self.poison_ratio, self.method, self.alpha, dict(self.grid), self.seed, dict(self.options))
 
     def overrides(self, aligned: Path | None = None) -> list[str]:
         """The cell's recipe changes: its poison ratio and method (an alignment-stage method is attacked with
@@ -72,6 +75,7 @@ class Cell:
         method = "sft" if stage(self.method) == "align" else self.method
         sets = [f"data.poison_ratio={self.poison_ratio}", f"defense.method={method}"]
         sets += [f"surgery.alpha={self.alpha}"] if self.alpha is not None else []
+        sets += [f"{self.method}.{k}={v}" for k, v in self.options]
         sets += [f"{k}={v}" for k, v in self.grid]
         sets += [f"train.seed={self.seed}"] if self.seed is not None else []
         return sets + ([f"model.name={aligned}"] if aligned is not None else [])
@@ -79,20 +83,27 @@ class Cell:
     def record(self) -> dict:
         """The cell's fields as cell.json and sweep.json hold them."""
         return {"name": self.name, "poison_ratio": self.poison_ratio, "method": self.method, "alpha": self.alpha,
-                "grid": dict(self.grid), "seed": self.seed}
+                "options": dict(self.options), "grid": dict(self.grid), "seed": self.seed}
 
 
 def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dict[str, list[str]] | None = None,
          seeds: list[int] | None = None) -> list[Cell]:
     """Cells in run order: seed by seed (so a partial study is balanced), each grid point, then every method at
-    the first ratio, then the next ratio; Surgery once per alpha. `axes`: recipe key -> value texts."""
+    the first ratio, then the next ratio; Surgery once per alpha. `axes`: recipe key -> value texts. An axis
+    in a defense's own section (`lisa.rho`) multiplies that defense's cells only; the others, every cell."""
     import itertools
 
-    keys = list(axes or {})
-    points = [tuple(zip(keys, vs)) for vs in itertools.product(*(axes or {}).values())]
-    return [Cell(r, method, a, values, seed)
-            for seed in (seeds if seeds is not None else [None]) for values in points for r in ratios
-            for method in methods for a in (alphas if method == "surgery" else [None])]
+    from ..train.defenses import registry
+
+    def points(keys: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
+        return [tuple(zip(keys, vs)) for vs in itertools.product(*keys.values())]
+
+    axes = axes or {}
+    shared = {k: v for k, v in axes.items() if k.partition(".")[0] not in registry()}
+    own = {m: points({k.partition(".")[2]: v for k, v in axes.items() if k.partition(".")[0] == m}) for m in methods}
+    return [Cell(r, method, a, values, seed, options)
+            for seed in (seeds if seeds is not None else [None]) for values in points(shared) for r in ratios
+            for method in methods for a in (alphas if method == "surgery" else [None]) for options in own[method]]
 
 
 def parse_grid(texts: list[str]) -> dict[str, list[str]]:
@@ -192,6 +203,17 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
     if aligning and align_recipe is None:
         raise InputError(f"--methods {','.join(aligning)}: alignment-stage defenses align the model before the attack; "
                          f"give the alignment recipe with --align-recipe ALIGN.toml")
+    from ..train.defenses import registry
+
+    for key in axes:
+        section = key.partition(".")[0]
+        if section in registry() and section not in names:
+            raise InputError(f"--grid {key}: {section} is not among --methods ({','.join(names)}); its own axis would "
+                             f"multiply no cell")
+    if "surgery.alpha" in axes:  # the long form of --alphas
+        if alphas is not None:
+            raise InputError("--grid surgery.alpha: given with --alphas too; use one")
+        alphas = ",".join(axes.pop("surgery.alpha"))
     if alphas is None:
         alpha_list = [load_recipe(recipe, overrides, None, check_files=False).methods["surgery"].alpha]
     else:

@@ -23,7 +23,7 @@ def test_grid_expansion_names_and_overrides():
     assert [c.seed for c in cells] == [0] * 12 + [1] * 12  # seed by seed: a partial study stays balanced
     assert cells[-1].overrides() == ["data.poison_ratio=0.1", "defense.method=surgery", "surgery.alpha=3000.0",
                                      "train.learning_rate=5e-4", "train.epochs=3", "train.seed=1"]
-    assert cells[-1].record() == {"name": cells[-1].name, "poison_ratio": 0.1, "method": "surgery", "alpha": 3000.0,
+    assert cells[-1].record() == {"name": cells[-1].name, "poison_ratio": 0.1, "method": "surgery", "alpha": 3000.0, "options": {},
                                   "grid": {"train.learning_rate": "5e-4", "train.epochs": "3"}, "seed": 1}
     # without --grid and --seeds a cell keeps today's name and overrides (old sweep folders resume)
     plain = grid([0.2], ["sft"], [300.0])[0]
@@ -94,3 +94,39 @@ def test_report_refuses_a_folder_without_a_sweep(tmp_path):
 def test_report_names_a_missing_folder_before_asking_for_out(tmp_path):
     result = invoke("report", tmp_path / "typo")
     assert result.exit_code == 2 and f"{tmp_path / 'typo'}: no such sweep folder" in result.output
+
+
+def test_a_methods_own_axis_multiplies_its_cells_only(tmp_path, sweep_recipe, demo_data):
+    from surgerycli.train.defenses import registry
+
+    for name, cls in registry().items():  # each defense names its main hyperparameter, a key of its section
+        assert cls.main_option is None or cls.main_option in cls.options_class.model_fields, name
+    cells = grid([0.1], ["sft", "lisa", "surgery"], [300.0, 3000.0], {"lisa.rho": ["0.5", "2"], "train.epochs": ["1", "2"]})
+    assert [c.name for c in cells[:5]] == ["p0.1-sft-train.epochs=1", "p0.1-lisa-rho=0.5-train.epochs=1",
+                                           "p0.1-lisa-rho=2-train.epochs=1", "p0.1-surgery-a300-train.epochs=1",
+                                           "p0.1-surgery-a3000-train.epochs=1"]
+    assert len(cells) == 2 * (1 + 2 + 2)  # epochs x (SFT once, Lisa per rho, Surgery per alpha)
+    assert cells[1].overrides() == ["data.poison_ratio=0.1", "defense.method=lisa", "lisa.rho=0.5", "train.epochs=1"]
+    out = tmp_path / "sweep"
+    ok("sweep", sweep_recipe, "--out", out, "--poison-ratios", "0", "--methods", "sft,lisa",
+       "--grid", "lisa.rho=0.5,2", "--set", "lisa.alignment_steps=1", "--set", "lisa.finetune_steps=1",
+       "--set", f"lisa.alignment_data={demo_data / 'refusal_pairs.jsonl'}",
+       "--safety-data", f"harmbench={demo_data / 'eval_harmful.txt'}", "--limit", "1", "--max-new-tokens", "2")
+    names = [c["name"] for c in json.loads((out / "sweep.json").read_text())["cells"]]
+    assert names == ["p0-sft", "p0-lisa-rho=0.5", "p0-lisa-rho=2"]  # SFT once, Lisa once per value
+    for name, rho in (("p0-lisa-rho=0.5", "0.5"), ("p0-lisa-rho=2", "2.0")):
+        assert f"rho = {rho}\n" in (out / "cells" / name / "finetune" / "recipe.resolved.toml").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "| SFT HS |" in md and "| Lisa rho=0.5 HS |" in md and "| Lisa rho=2 HS |" in md
+    result = invoke("sweep", sweep_recipe, "--out", tmp_path / "s2", "--methods", "sft", "--grid", "lisa.rho=1,2")
+    assert result.exit_code == 2 and "--grid lisa.rho: lisa is not among --methods" in result.output, result.output
+
+
+def test_grid_surgery_alpha_is_the_long_form_of_alphas(sweep_recipe):
+    from surgerycli.study.sweep import plan
+
+    long = plan(sweep_recipe, [], "0", "sft,surgery", None, grid_texts=["surgery.alpha=10,50"])
+    short = plan(sweep_recipe, [], "0", "sft,surgery", "10,50")
+    assert [c.name for c in long] == [c.name for c in short] == ["p0-sft", "p0-surgery-a10", "p0-surgery-a50"]
+    with pytest.raises(InputError, match="given with --alphas too"):
+        plan(sweep_recipe, [], "0", "surgery", "10", grid_texts=["surgery.alpha=10,50"])

@@ -91,6 +91,7 @@ class Defense:
     options_class: ClassVar[type[Section]] = NoOptions
     metrics: ClassVar[tuple[Metric, ...]] = ()
     measures: ClassVar[bool] = False  # takes the [measure] keys (reference sets, sink position) too
+    main_option: ClassVar[str | None] = None  # its main hyperparameter, the one a sweep varies (`--grid lisa.rho=...`)
     mixed: int | None = None  # extra examples mixed into the fine-tuning data; None until mixed
 
     def __init__(self, **options: Any) -> None:

@@ -59,6 +59,7 @@ class Booster(Defense):
     title = "Booster"
     stage = "align"
     options_class = BoosterOptions
+    main_option = "lamb"
     metrics = (Metric("harmful_loss", "h", ".4f", "harmful loss h(w)"),
                Metric("harmful_drop", "h-h'", ".5f", "h(w) - h(w'): one harmful step's drop"))
 

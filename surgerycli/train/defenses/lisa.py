@@ -60,6 +60,7 @@ class Lisa(Defense):
     name = "lisa"
     title = "Lisa"
     options_class = LisaOptions
+    main_option = "rho"
     metrics = (Metric("lisa_alignment", "align", ".2f", "share of steps in the alignment state", (-0.05, 1.05)),
                Metric("proximal", "prox", ".4f", "proximal term rho/2 ||w - w_other||^2"))
 

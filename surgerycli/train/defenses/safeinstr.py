@@ -40,6 +40,7 @@ class SafeInstr(Defense):
     name = "safeinstr"
     title = "SafeInstr"
     options_class = SafeInstrOptions
+    main_option = "num"
     metrics = (Metric("safety_samples", "safety", ".0f", "safety samples mixed into the fine-tuning data"),)
 
     def count(self, n: int) -> int:

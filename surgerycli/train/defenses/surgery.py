@@ -118,6 +118,7 @@ class Surgery(Defense):
     name = "surgery"
     title = "Surgery"
     options_class = SurgeryOptions
+    main_option = "alpha"
     metrics = (Metric("sink_loss", "sink", ".5f", "sink loss  mean relu(d_h)"),
                Metric("positive_heads", "+heads", ".1f", "heads with d_h > 0 (reference batch)"))
     measures = True

@@ -75,6 +75,7 @@ class Vaccine(Defense):
     title = "Vaccine"
     stage = "align"
     options_class = VaccineOptions
+    main_option = "rho"
     metrics = (Metric("hidden_grad_norm", "|g|", ".4f", "||g||: hidden-state gradient norm (first pass)"),)
 
     def plan(self, recipe) -> list[tuple[str, str, str]]:
