@@ -97,6 +97,9 @@ class DefenseMixin:
     def __init__(self, *args, defense: Defense, **kwargs):
         if not isinstance(defense, Defense):
             raise TypeError(f"defense: expected a Defense (e.g. surgerycli.Surgery()), got {type(defense).__name__}")
+        if len(args) > 3 and type(defense).extra_examples is not Defense.extra_examples:
+            raise TypeError(f"with_defense: {type(defense).__name__} mixes samples into train_dataset; pass it (and "
+                            f"what follows it) by keyword")
         _mix_into_dataset(defense, kwargs)
         super().__init__(*args, **kwargs)
         self.defense = defense

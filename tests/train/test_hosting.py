@@ -113,6 +113,12 @@ def test_every_defense_trains_through_a_plain_trainer_and_logs_its_metrics(tmp_p
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     if method == "safeinstr":  # appended to the host's dataset, and said so
         assert len(trainer.train_dataset) == 12 + 3 and logs[0]["safety_samples"] == 3.0
+        from transformers import Trainer
+
+        from surgerycli import with_defense
+
+        with pytest.raises(TypeError, match="pass it .* by keyword"):  # a positional dataset would escape the mix
+            with_defense(Trainer)(model, trainer_args(tmp_path), None, rows(tok), defense=cls(**options))
     if method == "lisa":
         assert [r["lisa_alignment"] for r in logs] == [1.0, 0.0]
     if method == "surgery":
