@@ -28,7 +28,7 @@ Preset = Annotated[str | None, typer.Option(help="surgery-paper: alpaca prompts,
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32.")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override one recipe key, e.g. --set surgery.alpha=0 (value read as TOML; repeatable).")]
-Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quantization, lora, data, defense, one per defense (surgery, ...), train, output (see recipes/).")]
+Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quantization, lora, data, measure, defense, one per defense (surgery, ...), train, monitor, output (see recipes/).")]
 
 
 EVAL_OPTIONS = {  # the evaluation's command-line options, spelled once: name -> (typer annotation, default)
