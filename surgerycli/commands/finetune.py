@@ -20,7 +20,7 @@ def finetune(
 
     Several processes: `accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m surgerycli finetune RECIPE.toml` or `torchrun --nproc-per-node N -m surgerycli finetune RECIPE.toml`; rank 0 writes everything.
 
-    `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json (measured as [measure] says), training.png and summary.json to the output folder.
+    `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json (as the recipe's measure section says), training.png and summary.json to the output folder.
 
     The same defenses run inside your own Trainer (TRL's SFTTrainer, a plain Trainer): `from surgerycli import Surgery, with_defense` (README, Python API).
     """
