@@ -35,7 +35,7 @@ def inspect(
     max_length: Annotated[int | None, typer.Option(min=2, help="Tokens per sample; longer ones are cut on the right. Default: 512.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 8,
     sink_position: Annotated[int | None, typer.Option(min=0, help="Sink key: this many tokens after each sequence's first real token. Default: 0.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Measure as `surgery finetune` does with this recipe: its [measure] section (reference sets, sink position, samples, reference length) and train.seed; the options above, where given, win.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Measure as `surgery finetune` does with this recipe: its measure section (reference sets, sink position, samples, reference length) and train.seed; the options above, where given, win.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the statistics as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a layers x heads divergence heatmap (PNG) here.")] = None,
     chat_template: ChatTemplate = None,
