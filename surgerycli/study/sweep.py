@@ -199,10 +199,6 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
     ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
     axes, seed_list = parse_grid(grid_texts or []), parse_seeds(seeds)
     names = parse_methods(methods)
-    aligning = [m for m in names if stage(m) == "align"]
-    if aligning and align_recipe is None:
-        raise InputError(f"--methods {','.join(aligning)}: alignment-stage defenses align the model before the attack; "
-                         f"give the alignment recipe with --align-recipe ALIGN.toml")
     from ..train.defenses import registry
 
     for key in axes:
@@ -210,6 +206,13 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
         if section in registry() and section not in names:
             raise InputError(f"--grid {key}: {section} is not among --methods ({','.join(names)}); its own axis would "
                              f"multiply no cell")
+        if section in registry() and stage(section) == "align":
+            raise InputError(f"--grid {key}: {section} runs when the model is aligned, once per sweep; set its option "
+                             f"with --align-set {key}=VALUE (a sweep per value)")
+    aligning = [m for m in names if stage(m) == "align"]
+    if aligning and align_recipe is None:
+        raise InputError(f"--methods {','.join(aligning)}: alignment-stage defenses align the model before the attack; "
+                         f"give the alignment recipe with --align-recipe ALIGN.toml")
     if "surgery.alpha" in axes:  # the long form of --alphas
         if alphas is not None:
             raise InputError("--grid surgery.alpha: given with --alphas too; use one")

@@ -120,6 +120,8 @@ def test_a_methods_own_axis_multiplies_its_cells_only(tmp_path, sweep_recipe, de
     assert "| SFT HS |" in md and "| Lisa rho=0.5 HS |" in md and "| Lisa rho=2 HS |" in md
     result = invoke("sweep", sweep_recipe, "--out", tmp_path / "s2", "--methods", "sft", "--grid", "lisa.rho=1,2")
     assert result.exit_code == 2 and "--grid lisa.rho: lisa is not among --methods" in result.output, result.output
+    result = invoke("sweep", sweep_recipe, "--out", tmp_path / "s3", "--methods", "sft,vaccine", "--grid", "vaccine.rho=1,2")
+    assert result.exit_code == 2 and "--grid vaccine.rho: vaccine runs when the model is aligned" in result.output
 
 
 def test_grid_surgery_alpha_is_the_long_form_of_alphas(sweep_recipe):
