@@ -42,7 +42,8 @@ def read_text(path: Path, what: str = "") -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}){f', expected {what}' if what else ''}") from None
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r})"
+                         f"{f', expected {what}' if what else ''}") from None
 
 
 def read_json(path: Path, what: str = "a JSON file") -> object:

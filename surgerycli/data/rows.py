@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import InputError
+from ..files import read_text
 
 Role = Literal["harmful", "harmless"] | None
 ALL_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -97,12 +98,7 @@ def _json_list(path: Path, text: str) -> list[Row]:
 
 
 def _text(path: Path) -> str:
-    """The file's text; an InputError naming it when it is not UTF-8 (a binary file, another encoding)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); expected a "
-                         f"UTF-8 {path.suffix or 'text'} file") from None
+    return read_text(path, f"a UTF-8 {path.suffix or 'text'} file")
 
 
 def _csv_rows(path: Path) -> list[Row]:

@@ -3,18 +3,15 @@ into one sweep record, so sweeps run at different times share one table."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..files import read_json
 
 
 def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
     """A sweep file's object, with `keys`; InputError naming the file when it is unreadable or not one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable sweep file ({e})") from None
+    data = read_json(path, "a sweep file of this tool")
     if not isinstance(data, dict) or any(k not in data for k in keys):
         raise InputError(f"{path}: not a sweep file of this tool (expected a JSON object with {', '.join(keys)})")
     return data
