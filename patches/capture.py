@@ -32,7 +32,8 @@ def model_type(model: torch.nn.Module) -> str:
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The attention modules of a supported model, in layer order; an error for an unsupported one."""
     arch = architecture_for(model_type(model))
-    found = [m for m in model.modules() if type(m).__name__ == arch.attention_class]
+    # fully_shard renames the class of each module it wraps FSDP<Name>
+    found = [m for m in model.modules() if type(m).__name__.removeprefix("FSDP") == arch.attention_class]
     return sorted(found, key=lambda m: m.layer_idx)
 
 

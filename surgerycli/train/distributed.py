@@ -9,9 +9,15 @@ under DDP every micro-step runs inside `no_sync()` and `sync_gradients` all-redu
 gradients once, when the optimizer is about to step: the mean over ranks of (SFT + every extra term),
 exactly what one process with the whole batch computes.
 
-Rank 0 (the main process) alone prepares the output folder, holds its lock, measures sink_before/after,
-shows the progress bar and writes every file; the other ranks wait at `barrier()` where rank 0 writes
-what they then read.
+Under FSDP2 (`[trainer] fsdp = "full_shard"`, or accelerate's FSDP config) every parameter is a DTensor shard
+and FSDP reduce-scatters gradients itself in every backward, each backward's mean over ranks: a sum of
+backwards stays the mean of the sums, so the defense's extra passes need no hook of ours, only to run through
+the root module (where FSDP all-gathers the root's own parameters). What needs the whole model (saving, the
+sink measurement after training, the probe) runs on every rank, and rank 0 writes.
+
+Rank 0 (the main process) alone prepares the output folder, holds its lock, measures sink_before, shows the
+progress bar and writes every file; the other ranks wait at `barrier()` where rank 0 writes what they then
+read.
 """
 
 from __future__ import annotations
@@ -51,6 +57,71 @@ def local_device() -> torch.device:
 
 def is_ddp(model) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def is_sharded(model) -> bool:
+    """The model is an FSDP2 module (`fully_shard`): its parameters are DTensor shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of every tensor together, where FSDP2's DTensors hold disjoint shards: each rank's sum of
+    squares, summed over ranks (a DTensor's own norm would be its shard's)."""
+    from torch.distributed.tensor import DTensor
+
+    squares = torch.stack([(t.to_local() if isinstance(t, DTensor) else t).float().pow(2).sum() for t in tensors]).sum()
+    if any(isinstance(t, DTensor) for t in tensors):
+        torch.distributed.all_reduce(squares)
+    return squares.sqrt()
+
+
+def held_bytes(model: torch.nn.Module, optimizer) -> int:
+    """Bytes of weights and optimizer states this rank holds after training (its shards under FSDP2): what
+    sharding divides by the number of processes (with the gradients, gone once the optimizer steps), unlike
+    the activations and the process's own overhead."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    tensors = list(model.parameters())
+    if optimizer is not None:
+        tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return sum(local(t).numel() * t.element_size() for t in tensors)
+
+
+def shard_on_cpu(accelerator, fsdp_plugin_args: dict | None) -> bool:
+    """Let a CPU run under torchrun (gloo) use FSDP2 as a GPU run does; True when it switched.
+
+    accelerate's state selection upgrades MULTI_GPU (and the other accelerators) to FSDP when an FSDP plugin
+    is given, but not MULTI_CPU (accelerate/state.py, AcceleratorState.__init__): the Trainer then trains DDP
+    and nothing says the `fsdp` setting was dropped. `fully_shard` itself runs on CPU with gloo, and with the
+    state set as accelerate sets it on a GPU, `prepare` shards the model (FSDP<Model>, DTensor parameters)
+    and `get_state_dict` gathers it. Called right after the Trainer creates its Accelerator, before
+    anything is prepared; the one place this project works around the gate.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, FullyShardedDataParallelPlugin(**fsdp_plugin_args)
+    # as accelerate does at the end of AcceleratorState.__init__: a later AcceleratorState() copies it from here
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return True
+
+
+def strategy(accelerator) -> str:
+    """How the run spreads over processes, as summary.json records it: none, ddp, fsdp2."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return f"fsdp{accelerator.state.fsdp_plugin.fsdp_version}"
+    return "none" if kind == DistributedType.NO else "ddp"
 
 
 BUCKET = 1 << 25  # elements per all-reduce: a bounded copy (64 MiB in bf16), as DDP's own 25 MiB buckets do

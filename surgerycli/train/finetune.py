@@ -26,7 +26,7 @@ from ..progress import PROGRESS_COLUMNS
 from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
 from .callbacks import FiniteGuard, MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
 from .defenses import Defense, DefenseContext, build_defense
-from .distributed import barrier, is_main, local_device, world_size
+from .distributed import barrier, held_bytes, is_main, local_device, strategy, world_size
 from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
 from .recipe import Recipe, dump_recipe
 
@@ -49,13 +49,14 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
     return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
 
 
-def save_trained(model, tokenizer, out: Path, lora: bool) -> Path:
+def save_trained(model, tokenizer, out: Path, lora: bool, state_dict: dict | None = None) -> Path:
     """adapter/ (LoRA) or model/ (full fine-tuning: a Hugging Face folder with its tokenizer, sharded as
-    transformers saves), and tokenizer/; each written beside and renamed into place. The trained folder."""
+    transformers saves), and tokenizer/; each written beside and renamed into place. The trained folder.
+    `state_dict`: the whole model's weights, gathered from FSDP's shards."""
     folder = out / ("adapter" if lora else "model")
 
     def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if not lora:
             tokenizer.save_pretrained(tmp)
 
@@ -110,7 +111,9 @@ def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context:
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(FiniteGuard(trainer))
-    if probe and is_main():  # the other ranks go on to the next step and wait for rank 0 at its all-reduce
+    # with DDP the other ranks go on to the next step and wait for rank 0 at its all-reduce; FSDP's forwards
+    # gather weights from every rank, so each rank probes
+    if probe and (is_main() or trainer.is_fsdp_enabled):
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
                                        recipe.data.system_prompt))
@@ -118,7 +121,8 @@ def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context:
 
 
 def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, resume_from: Path | None,
-                samples: int, n_harmful: int, device: torch.device, before: dict | None, after: dict | None) -> dict:
+                samples: int, n_harmful: int, device: torch.device, before: dict | None, after: dict | None,
+                held: int) -> dict:
     """summary.json: what ran, how much, how fast, the defense's last logged metrics, the positive heads."""
     tokens = trainer.token_counts
     last = records[-1] if records else {}
@@ -138,6 +142,8 @@ def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, 
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
         "world_size": world_size(),
+        "strategy": strategy(trainer.accelerator),
+        "held_bytes_per_rank": held,
         "sft_loss_kind": trainer.loss_kind,
         "final_loss": last.get("loss"),
         "final_metrics": {m.key: last.get(m.key) for m in defense.metrics},
@@ -156,6 +162,23 @@ def loss_kind(train, device: torch.device) -> str:
     if not train.fused_cross_entropy:
         return "plain"
     return "liger" if liger_available(device) else "chunked"
+
+
+def check_fsdp(recipe: Recipe) -> None:
+    """What `[trainer] fsdp` cannot run with, as one line each, before a model loads."""
+    trainer = recipe.trainer or {}
+    if not trainer.get("fsdp"):
+        return
+    if world_size() == 1:
+        raise InputError("trainer.fsdp: FSDP shards the model across processes, and this is one; launch with "
+                         "torchrun --nproc-per-node N or accelerate launch --config_file recipes/accelerate/fsdp.yaml")
+    if recipe.quantization.load_in_4bit:
+        raise InputError("quantization.load_in_4bit with trainer.fsdp: FSDP2 loses bitsandbytes' quant_state "
+                         "(bitsandbytes#1945); use QLoRA with DDP, or LoRA / full fine-tuning with FSDP")
+    config = trainer.get("fsdp_config")
+    if isinstance(config, dict) and config.get("activation_checkpointing") and recipe.train.gradient_checkpointing:
+        raise InputError("trainer.fsdp_config.activation_checkpointing: FSDP's own checkpointing replaces "
+                         "train.gradient_checkpointing (both would gather each layer twice); set it to false")
 
 
 def show_example(recipe: Recipe, mix: list, console: Console) -> None:
@@ -200,6 +223,8 @@ def run_finetune(recipe: Recipe, *, dry_run: bool = False, resume: bool = True, 
         show_example(recipe, mix, console)
         return None
 
+    check_fsdp(recipe)
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -238,11 +263,17 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
     start = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.time() - start
+    held = held_bytes(model, trainer.optimizer)  # before a forward leaves FSDP's root weights gathered
+    sharded = trainer.is_fsdp_enabled  # every rank gathers the weights and runs the measurement's forwards
+    if not main and not sharded:
+        barrier()
+        return None
+    weights = trainer.accelerator.get_state_dict(model) if sharded else None
+    after = measure_record(model, tokenizer, recipe, harm, safe, device, console if main else Console(quiet=True))
     if not main:
         barrier()
         return None
-    trained = save_trained(model, tokenizer, out, recipe.lora.enabled)
-    after = measure_record(model, tokenizer, recipe, harm, safe, device, console)
+    trained = save_trained(model, tokenizer, out, recipe.lora.enabled, weights)
     if after is not None:
         write_json(out / "sink_after.json", {**after, "adapter": str(trained)})
     records = read_metrics(out / "metrics.jsonl")
@@ -252,7 +283,7 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
         write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
                             metrics_of(defense, probe))
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(trainer.train_dataset),
-                          n_harmful=n_harmful, device=device, before=before, after=after)
+                          n_harmful=n_harmful, device=device, before=before, after=after, held=held)
     write_json(out / "summary.json", summary)
     barrier()
     return summary

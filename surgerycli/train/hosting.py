@@ -16,8 +16,10 @@ What stays the host's: its loss and its normalization (loss type, `num_items_in_
 collator, and its attention implementation (Surgery switches to the sink attention only around its
 reference pass). Under DDP every pass of a micro-step runs on the module inside `no_sync()` and the
 gradients are all-reduced once per optimizer step (`train.distributed`): a defense's extra passes call
-submodules or back-propagate more than once, which DDP's own hook would miss or count twice. DeepSpeed is
-refused: its engine steps at every backward, and a defense adds backwards. FSDP is refused for now.
+submodules or back-propagate more than once, which DDP's own hook would miss or count twice. Under FSDP2
+the defense gets the sharded root module and runs every pass through it; FSDP reduce-scatters each backward
+itself. DeepSpeed is refused: its engine steps at every backward, and a defense adds backwards. FSDP1 and
+4-bit models under FSDP are refused.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from ..errors import InputError
 from .defenses import Defense, DefenseContext
-from .distributed import is_ddp, is_main, sync_gradients
+from .distributed import is_ddp, is_main, rank, shard_on_cpu, sync_gradients
 
 DEFENSE_STATE = "defense_state.pt"  # a checkpoint's file for Defense.state_dict()
 PRIVATE_TRAINER_API = {"_save_checkpoint": ("model", "trial"), "_prepare_inputs": ("inputs",)}  # name: parameters
@@ -121,16 +123,31 @@ class DefenseMixin:
         return DefenseContext(self.model, tokenizer, self.args.seed, max_length,
                               encode=lambda chats: build_dataset(tokenizer, chats, "", max_length))
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator, self.args.fsdp_plugin_args):  # torchrun on CPU: FSDP2 as on a GPU
+            self.is_fsdp_enabled = True
+
     def _check_engine(self) -> None:
         from accelerate.utils import DistributedType
 
         kind = self.accelerator.distributed_type
         if kind == DistributedType.DEEPSPEED:
             raise InputError("DeepSpeed: not supported with a defense (its engine steps at every backward, and a "
-                             "defense adds backwards); use DDP (torchrun, accelerate launch) or one process")
-        if kind not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-            raise InputError(f"accelerate distributed_type {kind.value}: a defense runs on one process or with DDP "
-                             f"(recipes/accelerate/ddp.yaml, or torchrun); sharded engines are not supported yet")
+                             "defense adds backwards); use FSDP2, DDP (torchrun, accelerate launch) or one process")
+        if kind == DistributedType.FSDP:
+            if self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+                raise InputError("FSDP1: not supported with a defense; set fsdp_config.version = 2 (or "
+                                 "fsdp_version: 2 in accelerate's config)")
+            if getattr(self.model, "is_loaded_in_4bit", False):
+                raise InputError("quantization.load_in_4bit with FSDP: FSDP2 loses bitsandbytes' quant_state "
+                                 "(bitsandbytes#1945); use QLoRA with DDP, or LoRA / full fine-tuning with FSDP")
+            if self.defense.not_sharded:
+                raise InputError(f"{type(self.defense).__name__} with FSDP: {self.defense.not_sharded}; use DDP "
+                                 f"(torchrun, recipes/accelerate/ddp.yaml) or one process")
+        elif kind not in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            raise InputError(f"accelerate distributed_type {kind.value}: a defense runs on one process, with DDP "
+                             f"(recipes/accelerate/ddp.yaml, or torchrun) or with FSDP2 (recipes/accelerate/fsdp.yaml)")
 
     def record(self, key: str, value: float) -> None:
         """Log `value` under `key`, averaged over the logging interval (TRL's `_metrics` when the host has it)."""
@@ -152,7 +169,7 @@ class DefenseMixin:
         micro = self.state.global_step * self.args.gradient_accumulation_steps + self.micro_index
         # train mode before any pass a defense runs ahead of the host's own step (which sets it too)
         model.train()
-        if not is_ddp(model):
+        if not is_ddp(model):  # one process, or FSDP2 (the root module; it reduce-scatters every backward)
             return self.defense.training_step(HostStep(self, model, inputs, num_items_in_batch, micro), model)
         with model.no_sync():  # every pass accumulates locally; one all-reduce when the optimizer steps
             loss = self.defense.training_step(HostStep(self, model.module, inputs, num_items_in_batch, micro),
@@ -175,19 +192,23 @@ class DefenseMixin:
             from transformers.trainer_utils import get_last_checkpoint
 
             folder = get_last_checkpoint(self.args.output_dir)
-        if folder and (Path(folder) / DEFENSE_STATE).is_file():
-            self.defense.load_state_dict(torch.load(Path(folder) / DEFENSE_STATE, weights_only=True))
+        if folder and (Path(folder) / self._state_file()).is_file():
+            self.defense.load_state_dict(torch.load(Path(folder) / self._state_file(), weights_only=True))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _state_file(self) -> str:
+        """The defense's state file in a checkpoint: one per rank under FSDP, where each holds its shards."""
+        return f"defense_state-rank{rank()}.pt" if self.is_fsdp_enabled else DEFENSE_STATE
 
     def _save_checkpoint(self, model, trial):
         # the defense's state beside the weights, before trainer_state.json marks the checkpoint whole
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         state = self.defense.state_dict()
-        if state and is_main():
+        if state and (is_main() or self.is_fsdp_enabled):
             folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            torch.save(state, folder / DEFENSE_STATE)
+            torch.save(state, folder / self._state_file())
         super()._save_checkpoint(model, trial)
 
 

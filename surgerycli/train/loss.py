@@ -106,8 +106,21 @@ def liger_available(device: torch.device) -> bool:
 
 def causal_lm_loss(model, inputs: dict, use_liger: bool) -> torch.Tensor:
     """The SFT loss of a causal LM (a peft model or not) from its decoder's hidden states."""
+    from .distributed import is_sharded
+
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state  # (B, T, D)
+    if not is_sharded(model):
+        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    else:  # FSDP2 gathers the root's weights (the head's among them) in the root's forward: run it, logits of
+        # the last position only, keep the decoder's output; the head stays gathered until the backward
+        kept = []
+        hook = decoder.register_forward_hook(lambda module, args, out: kept.append(out.last_hidden_state))
+        try:
+            model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1,
+                  use_cache=False)
+        finally:
+            hook.remove()
+        hidden = kept[0]  # (B, T, D)
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     fn = liger_cross_entropy if use_liger else chunked_cross_entropy
     return fn(hidden, head, inputs["labels"], softcap)

@@ -154,5 +154,8 @@ def test_shipped_accelerate_configs_load_and_say_how_to_run():
     assert configs
     for path in configs:
         config = ClusterConfig.from_yaml_file(str(path))  # accelerate's own reader, as `accelerate launch` reads it
-        assert str(config.distributed_type) in ("DistributedType.MULTI_GPU", "MULTI_GPU"), path
+        kind = str(config.distributed_type).removeprefix("DistributedType.")
+        assert kind == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}[path.stem], path
+        if kind == "FSDP":  # FSDP1 is refused with a defense
+            assert config.fsdp_config["fsdp_version"] == 2, path
         assert "accelerate launch --config_file recipes/accelerate/" in path.read_text(), path

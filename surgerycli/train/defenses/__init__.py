@@ -93,6 +93,7 @@ class Defense:
     measures: ClassVar[bool] = False  # takes the [measure] keys (reference sets, sink position) too
     main_option: ClassVar[str | None] = None  # its main hyperparameter, the one a sweep varies (`--grid lisa.rho=...`)
     mixed: int | None = None  # extra examples mixed into the fine-tuning data; None until mixed
+    not_sharded: ClassVar[str | None] = None  # why it cannot run under FSDP2 (None: it can)
 
     def __init__(self, **options: Any) -> None:
         from ...errors import InputError

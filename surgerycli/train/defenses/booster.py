@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 
 from ...data.pairs import HARMFUL_SET, describe, named_pairs
+from ..distributed import global_norm, is_sharded
 from ..sections import PairsSource, Section
 from ..step import Step
 from . import Defense, DefenseContext, Metric, draw_batch, register_defense
@@ -33,19 +34,38 @@ class BoosterOptions(Section):
     alpha: Annotated[float, Field(ge=0)] = 0.1  # [paper] alpha=0.1
 
 
-def booster_grads(model, harmful: dict, alpha: float) -> tuple[dict[str, torch.Tensor], float, float]:
-    """({name: grad h(w) - grad h(w')}, h(w), h(w')) over the trainable weights; the weights end unchanged."""
+def gradients(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], backward=None) -> dict[str, torch.Tensor]:
+    """{name: d loss / d weight}, each .grad left as it was. With `backward` (under FSDP2, whose sharded
+    weights are not in the graph: it gathers them in hooks and reduce-scatters into .grad) through it."""
+    if backward is None:
+        return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    kept = {n: p.grad for n, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    backward(loss)
+    out = {n: p.grad for n, p in params.items()}
+    for n, p in params.items():
+        p.grad = kept[n]
+    return out
+
+
+def booster_grads(model, harmful: dict, alpha: float, backward=None) -> tuple[dict[str, torch.Tensor], float, float]:
+    """({name: grad h(w) - grad h(w')}, h(w), h(w')) over the trainable weights; the weights end unchanged.
+    `backward`: see `gradients`."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     h = model(**harmful, use_cache=False).loss
-    g = dict(zip(params, torch.autograd.grad(h, list(params.values()))))
-    norm = torch.norm(torch.stack([x.float().norm() for x in g.values()])) + 1e-7
+    g = gradients(h, params, backward)
+    if backward is None:
+        norm = torch.norm(torch.stack([x.float().norm() for x in g.values()])) + 1e-7
+    else:  # FSDP2: the gradients are shards
+        norm = global_norm(list(g.values())) + 1e-7
     original = {n: p.detach().clone() for n, p in params.items()}  # restored exactly, not by adding back
     with torch.no_grad():
         for n, p in params.items():
             p.sub_((alpha * g[n].float() / norm).to(p.dtype))
     try:
         h_after = model(**harmful, use_cache=False).loss
-        g_after = dict(zip(params, torch.autograd.grad(h_after, list(params.values()))))
+        g_after = gradients(h_after, params, backward)
     finally:
         with torch.no_grad():
             for n, p in params.items():
@@ -75,7 +95,8 @@ class Booster(Defense):
     def training_step(self, step: Step, model) -> torch.Tensor:
         harmful = step.prepare(draw_batch(self.rows, step.batch_size, step.micro_step, self.seed, self.pad_id))
         with step.context():
-            diff, h, h_after = booster_grads(model, harmful, self.options.alpha)
+            diff, h, h_after = booster_grads(model, harmful, self.options.alpha,
+                                             step.backward if is_sharded(model) else None)
         loss = step.sft()  # grad f, scaled for accumulation
         scale = self.options.lamb / step.accumulation
         with torch.no_grad():

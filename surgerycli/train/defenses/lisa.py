@@ -48,11 +48,26 @@ def proximal_grad_(params: dict[str, torch.nn.Parameter], anchor: dict[str, torc
     term = 0.0
     with torch.no_grad():
         for name, p in params.items():
-            diff = p.detach() - anchor[name].to(p.device)
+            diff = p.detach() - like(anchor[name], p)
             term += 0.5 * rho * float(diff.float().pow(2).sum())
             g = scale * rho * diff
             p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.grad.dtype)
     return term
+
+
+def like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """`t` on `p`'s device; under FSDP2, a checkpoint's local shard made a DTensor shaped as `p` again."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(p, DTensor) and not isinstance(t, DTensor):
+        return DTensor.from_local(t.to(p.device), p.device_mesh, p.placements, run_check=False,
+                                  shape=p.shape, stride=p.stride())
+    return t.to(p.device)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (what a checkpoint loads with weights_only), else `t`."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 @register_defense
@@ -103,7 +118,9 @@ class Lisa(Defense):
         return loss
 
     def state_dict(self) -> dict:
-        return {"anchors": self.anchors, "last_state": self.last_state}
+        # under FSDP2 each rank saves its own shards (train.hosting writes one file per rank)
+        anchors = {k: {n: local(t) for n, t in v.items()} for k, v in self.anchors.items()}
+        return {"anchors": anchors, "last_state": self.last_state}
 
     def load_state_dict(self, state: dict) -> None:
         self.anchors, self.last_state = state["anchors"], state["last_state"]

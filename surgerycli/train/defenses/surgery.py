@@ -30,6 +30,7 @@ from surgerycli.patches import UnsupportedArchitecture, attention_modules, captu
 
 from ...data.finetune import pad_batch
 from ...errors import InputError
+from ..distributed import is_sharded
 from ..sections import MeasureSection, Section
 from ..step import Step
 from . import Defense, DefenseContext, Metric, register_defense
@@ -84,11 +85,11 @@ class SinkRegularizer:
         recompute of the forward takes the sink path again.
         """
         batch = {k: v.to(model.device) for k, v in self.batch(step).items()}
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
         mask, k = batch["attention_mask"], len(batch["input_ids"]) // 2
         with sink_mode(model), capture_sinks(model, mask, self.sink_position) as state:
-            # the decoder alone: the statistic needs no logits, which would cost (2k, T, vocab) memory
-            base.get_decoder()(**batch, use_cache=False)
+            # through the root module (FSDP2 gathers the root's own weights in its forward only), with the
+            # logits of the last position alone: the statistic needs none, and (2k, T, vocab) costs memory
+            out = model(**batch, use_cache=False, logits_to_keep=1)
             if len(state.columns) != len(attention_modules(model)):
                 raise InputError(f"Surgery: {len(state.columns)} of {len(attention_modules(model))} attention layers "
                                  f"went through the sink attention (a kernel patch replaced the attention?); "
@@ -102,9 +103,17 @@ class SinkRegularizer:
             # positive head only, so the backward pass starts at the highest of them instead of carrying
             # zeros down from the last layer (the same gradient; none at all when no head is positive)
             active = {layer: state.columns[layer] for layer, row in zip(sorted(state.columns), d) if (row > 0).any()}
+            term = None
             if active:
                 d_active = sink_divergence(sink_per_sample(active, mask, state.sink_index), k)  # (A, H)
-                backward(torch.relu(d_active).sum() / d.numel() * (self.alpha * scale))
+                term = torch.relu(d_active).sum() / d.numel() * (self.alpha * scale)
+            if is_sharded(model):
+                # FSDP2 gathers a layer's weights for backward in a hook on the layer's output, which the
+                # attention weights bypass: a zero through the logits runs every hook (and every rank's
+                # collectives, positive heads or not)
+                term = out.logits.sum() * 0.0 + (term if term is not None else 0.0)
+            if term is not None:
+                backward(term)
         return float(loss), int((d > 0).sum()), int(mask.sum())
 
 
