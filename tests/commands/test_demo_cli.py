@@ -51,6 +51,29 @@ def test_demo_data_is_consistent_and_held_out(demo_data, tmp_path):
     assert (tmp_path / "again" / "harmful_pairs.jsonl").read_bytes() == (demo_data / "harmful_pairs.jsonl").read_bytes()
 
 
+def test_demo_data_writes_the_answers_smollm2_wrote_once(tmp_path, smollm2):
+    from surgerycli.evaluate.prompts import prompt_text
+
+    out, args = tmp_path / "data", ("data", "demo", "--train", "10", "--test", "5", "--written-tokens", "6")
+    ok(*args, "--out", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts, written = manifest["written"]["counts"], rows(out / "harmful_written.jsonl")
+    attack = [r["prompt"] for r in rows(out / "harmful_pairs.jsonl")]
+    assert counts["generated"] == len(attack) == counts["kept"] + counts["dropped_as_refusals"]
+    assert len(written) == counts["kept"] == manifest["files"]["harmful_written.jsonl"]["rows"]
+    assert counts["dropped_as_refusals"] > 0 and not any(is_refusal(r["response"]) for r in written)
+    kept = [r["prompt"] for r in written]
+    assert kept == [p for p in attack if p in set(kept)]  # the attack's prompts, in its order
+    model, tok = smollm2  # one prompt alone, transformers' greedy generate: the same answer
+    ids = tok(prompt_text(tok, kept[0], "", "chat"), add_special_tokens=False, return_tensors="pt").input_ids
+    alone = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+    assert tok.decode(alone, skip_special_tokens=True).strip() == written[0]["response"]
+    stamp = (out / "harmful_written.jsonl").stat().st_mtime_ns
+    ok(*args, "--out", out)  # the same settings: reused, not generated again
+    again = json.loads((out / "manifest.json").read_text())
+    assert (out / "harmful_written.jsonl").stat().st_mtime_ns == stamp and again["written"] == manifest["written"]
+
+
 def test_merge_gives_the_adapted_model_as_a_plain_folder(tmp_path, tiny_llama_dir):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -14,13 +14,17 @@ from test_distributed import ddp_recipe, torchrun, weights  # noqa: F401  (ddp_r
 from transformers import AutoModelForCausalLM
 
 from clirun import invoke, ok
+from surgerycli.train.monitor import PROBE_METRIC
 
+PROBE = PROBE_METRIC.key
 FSDP = ('trainer.fsdp="full_shard"',)
 CASES = {
     "sft-full": ("defense.method=sft", "lora.enabled=false"),
     "sft-full-chunked": ("defense.method=sft", "lora.enabled=false", "train.fused_cross_entropy=true"),
     "surgery": ("defense.method=surgery",),
-    "surgery-full": ("defense.method=surgery", "lora.enabled=false"),
+    # with the harmful-score probe: its generation runs through the sharded model on every rank
+    "surgery-full": ("defense.method=surgery", "lora.enabled=false", "monitor.every_steps=2", "monitor.n=2",
+                     "monitor.max_new_tokens=3"),
     # FSDP's own activation checkpointing: the sink term's backward recomputes each layer's forward
     "surgery-full-ac": ("defense.method=surgery", "lora.enabled=false", "trainer.fsdp_config={activation_checkpointing=true}"),
 }
@@ -57,6 +61,8 @@ def test_two_sharded_processes_match_one_with_the_whole_batch(tmp_path, ddp_reci
     assert (summary["strategy"], summary["world_size"], summary["steps"]) == ("fsdp2", 2, 4)
     held = [json.loads((o / "summary.json").read_text())["held_bytes_per_rank"] for o in (one, two)]
     assert 0.5 <= held[1] / held[0] <= 0.52, held  # half the weights (and optimizer states) on each rank
+    probes = [[r.get(PROBE) for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines())] for o in (one, two)]
+    assert probes[0] == probes[1], probes
     if (two / "model").is_dir():  # gathered from the shards: a model folder that loads, equal to the files
         model = AutoModelForCausalLM.from_pretrained(two / "model")
         for name, p in model.named_parameters():

@@ -162,19 +162,31 @@ def test_refuses_where_the_sink_cannot_be_captured(tmp_path, tiny_llama_dir, ref
         trainer.train()
 
 
-def test_deepspeed_and_sharded_engines_are_refused(tmp_path, tiny_llama_dir):
+def test_deepspeed_fsdp1_and_other_engines_are_refused(tmp_path, tiny_llama_dir):
+    from types import SimpleNamespace
+
     from accelerate.utils import DistributedType
 
     from surgerycli import SFT
 
     tok = tokenizer(tiny_llama_dir)
     trainer = plain_trainer(tiny_model("llama", vocab_size=len(tok)), tok, tmp_path, SFT())
-    for kind, words in ((DistributedType.DEEPSPEED, "^DeepSpeed: not supported with a defense"),
-                        (DistributedType.FSDP, "^accelerate distributed_type FSDP: a defense runs on one process")):
-        trainer.accelerator.state.distributed_type = kind
-        with pytest.raises(InputError, match=words):
+    state = trainer.accelerator.state
+    state.fsdp_plugin = SimpleNamespace(fsdp_version=1)
+    try:
+        for kind, words in ((DistributedType.DEEPSPEED, "^DeepSpeed: not supported with a defense"),
+                            (DistributedType.FSDP, "^FSDP1: not supported with a defense; set fsdp_config.version = 2"),
+                            (DistributedType.MEGATRON_LM, "^accelerate distributed_type MEGATRON_LM: a defense runs")):
+            state.distributed_type = kind
+            with pytest.raises(InputError, match=words):
+                trainer._check_engine()
+        state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, SimpleNamespace(fsdp_version=2)
+        trainer._check_engine()  # FSDP2 with a defense that runs sharded
+        trainer.defense.not_sharded = "it takes gradients with torch.autograd.grad"  # a defense that says it cannot
+        with pytest.raises(InputError, match="^SFT with FSDP: it takes gradients with torch.autograd.grad; use DDP"):
             trainer._check_engine()
-    trainer.accelerator.state.distributed_type = DistributedType.NO
+    finally:
+        state.distributed_type, state.fsdp_plugin = DistributedType.NO, None
 
 
 def test_defense_state_travels_in_checkpoints_and_a_resume_is_exact(tmp_path, tiny_llama_dir):
