@@ -126,7 +126,8 @@ def last_checkpoint(folder: Path) -> Path | None:
 class FiniteGuard(TrainerCallback):
     """Stops the run before an optimizer step would apply a non-finite loss or gradient, with one line naming
     the step and the value; the checkpoints written so far stay (`--resume` continues from the last one).
-    It checks where every rank holds the same synchronized gradients, so under DDP all ranks stop together."""
+    Every rank decides alike: the gradient norm is taken over every rank's shards under FSDP2, and a
+    non-finite loss on one rank is all-reduced to the others, so no rank stops while another waits."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -138,10 +139,15 @@ class FiniteGuard(TrainerCallback):
 
         from ..errors import InputError
 
-        grads = [p.grad.detach().float().norm() for p in self.trainer.model.parameters() if p.grad is not None]
-        norm = float(torch.stack(grads).norm()) if grads else 0.0
+        from .distributed import global_norm, world_size
+
+        grads = [p.grad.detach() for p in self.trainer.model.parameters() if p.grad is not None]
+        norm = float(global_norm(grads)) if grads else 0.0
         loss = self.trainer.last_loss
-        if math.isfinite(norm) and math.isfinite(loss):
+        finite = torch.tensor(float(math.isfinite(loss)))
+        if world_size() > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if math.isfinite(norm) and bool(finite):
             return
         ckpts = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
         kept = f"the last checkpoint, {ckpts[-1].name}, is kept" if ckpts else "no checkpoint was written yet"

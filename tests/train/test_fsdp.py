@@ -7,6 +7,7 @@ not change what each rank computes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -119,9 +120,16 @@ def test_what_fsdp_cannot_run_is_refused_in_one_line(tmp_path, ddp_recipe, extra
 @pytest.mark.parametrize("sets, said", [
     (("train.gradient_checkpointing=true", "trainer.fsdp_config={activation_checkpointing=true}"), "set it to false"),
     (("quantization.load_in_4bit=true",), "bitsandbytes#1945"),
-], ids=["two-checkpointings", "qlora"])
+    # every rank stops at the same step, none left waiting in a collective (the timeout would say so)
+    (("lora.enabled=false", "train.learning_rate=1e12", "train.max_steps=30", "train.save_steps=1"), "not finite"),
+], ids=["two-checkpointings", "qlora", "non-finite"])
 def test_what_fsdp_cannot_run_under_torchrun_is_refused_in_one_line(tmp_path, ddp_recipe, sets, said):
     proc = torchrun(ddp_recipe, tmp_path / "x", *FSDP, *sets, wait=False)
     out = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode != 0 and said in out and "rank0]: ValueError" not in out, out[-3000:]
-    assert not (tmp_path / "x" / "checkpoints").exists()
+    if said == "not finite":  # both ranks, the same step, the checkpoint before it kept
+        steps = re.findall(r"error: step (\d+): the loss is \S+ and the gradient norm", out)
+        assert len(steps) == 2 and steps[0] == steps[1] and int(steps[0]) > 1, out[-3000:]
+        assert (tmp_path / "x" / "checkpoints" / f"checkpoint-{int(steps[0]) - 1}" / "trainer_state.json").is_file()
+    else:  # refused before training
+        assert not (tmp_path / "x" / "checkpoints").exists()
