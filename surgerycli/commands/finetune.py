@@ -18,7 +18,7 @@ def finetune(
 ) -> None:
     """LoRA / QLoRA (or full, lora.enabled = false) fine-tuning with a harmful-fine-tuning defense from the registry (recipe key `defense.method`).
 
-    Several processes: `accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m surgerycli finetune RECIPE.toml` or `torchrun --nproc-per-node N -m surgerycli finetune RECIPE.toml`; rank 0 writes everything.
+    Several processes: `accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m surgerycli finetune RECIPE.toml` or `torchrun --nproc-per-node N -m surgerycli finetune RECIPE.toml` (DDP); sharded with FSDP2: `--config_file recipes/accelerate/fsdp.yaml`, or recipe key `trainer.fsdp = "full_shard"` under torchrun (CPU too); rank 0 writes everything.
 
     `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json (as the recipe's measure section says), training.png and summary.json to the output folder.
 
