@@ -106,11 +106,12 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int = 0, written_tokens: int = 0,
-                    on_batch: Callable[[int], None] | None = None) -> dict:
+                    on_batch: Callable[[int], None] | None = None, loaded: tuple | None = None) -> dict:
     """Write every demo file under `out` (each whole or not at all) and return the manifest.
 
     `written_tokens` > 0 also writes the model-written harmful answers (`data.written`), generated with
-    that many new tokens, or reused from an earlier run with the same settings."""
+    that many new tokens, or reused from an earlier run with the same settings; `loaded`: the packaged
+    SmolLM2's (model, tokenizer) when the caller has them."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     previous = read_json(out / "manifest.json", "the demo manifest") if (out / "manifest.json").is_file() else {}
@@ -153,7 +154,7 @@ def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int 
         "note": "the four Do-Not-Answer files hold disjoint prompts",
     }
     if written_tokens > 0:
-        written = _written(out, split["harmful_pairs"], written_tokens, previous, on_batch)
+        written = _written(out, split["harmful_pairs"], written_tokens, previous, on_batch, loaded)
         manifest["files"][WRITTEN_FILE] = written.pop("file")
         manifest["written"] = written
         if "rows" in written:
@@ -165,7 +166,7 @@ def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int 
     return manifest
 
 
-def _written(out: Path, prompts: list[str], tokens: int, previous: object, on_batch) -> dict:
+def _written(out: Path, prompts: list[str], tokens: int, previous: object, on_batch, loaded) -> dict:
     """The manifest's `written` entry (with `rows` to write when generated now, not when reused)."""
     from ..models import EMBEDDED_MODEL
     from .written import reusable, settings, write_answers
@@ -174,7 +175,7 @@ def _written(out: Path, prompts: list[str], tokens: int, previous: object, on_ba
     entry = reusable(out, previous.get("written") if isinstance(previous, dict) else None, wanted)
     if entry is not None:
         return {**entry, "file": previous["files"][WRITTEN_FILE]}
-    rows, counts = write_answers(prompts, EMBEDDED_MODEL, max_new_tokens=tokens, on_batch=on_batch)
+    rows, counts = write_answers(prompts, EMBEDDED_MODEL, max_new_tokens=tokens, on_batch=on_batch, loaded=loaded)
     source = (f"the attack's {len(prompts)} Do-Not-Answer prompts answered by the packaged, unaligned "
               f"{EMBEDDED_MODEL} (greedy, {tokens} new tokens); answers with a refusal phrase dropped")
     return {"settings": wanted, "counts": counts, "made": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -34,9 +34,10 @@ def reusable(out: Path, previous: dict | None, wanted: dict) -> dict | None:
 
 def write_answers(
     prompts: list[str], model_name: str, *, max_new_tokens: int, batch_size: int = 32,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None, loaded: tuple | None = None,
 ) -> tuple[list[dict[str, str]], dict]:
-    """(rows {prompt, response} the model complied with, counts and time for the manifest)."""
+    """(rows {prompt, response} the model complied with, counts and time for the manifest). `loaded`: the
+    (model, tokenizer) of `model_name` when the caller has them already."""
     import torch
 
     from ..evaluate.generation import generate
@@ -45,7 +46,7 @@ def write_answers(
     from ..models import load_model
 
     start = time.perf_counter()
-    model, tokenizer = load_model(model_name, torch.float32, torch.device("cpu"))
+    model, tokenizer = loaded or load_model(model_name, torch.float32, torch.device("cpu"))
     texts = [prompt_text(tokenizer, p, "", "chat") for p in prompts]
     answers = generate(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        on_batch=on_batch)

@@ -66,13 +66,17 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: a DTensor's local shard (what a checkpoint loads with weights_only),
+    else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of every tensor together, where FSDP2's DTensors hold disjoint shards: each rank's sum of
     squares, summed over ranks (a DTensor's own norm would be its shard's)."""
-    from torch.distributed.tensor import DTensor
-
-    squares = torch.stack([(t.to_local() if isinstance(t, DTensor) else t).float().pow(2).sum() for t in tensors]).sum()
-    if any(isinstance(t, DTensor) for t in tensors):
+    squares = torch.stack([local_shard(t).float().pow(2).sum() for t in tensors]).sum()
+    if any(hasattr(t, "to_local") for t in tensors):
         torch.distributed.all_reduce(squares)
     return squares.sqrt()
 
@@ -81,15 +85,10 @@ def held_bytes(model: torch.nn.Module, optimizer) -> int:
     """Bytes of weights and optimizer states this rank holds after training (its shards under FSDP2): what
     sharding divides by the number of processes (with the gradients, gone once the optimizer steps), unlike
     the activations and the process's own overhead."""
-    from torch.distributed.tensor import DTensor
-
-    def local(t: torch.Tensor) -> torch.Tensor:
-        return t.to_local() if isinstance(t, DTensor) else t
-
     tensors = list(model.parameters())
     if optimizer is not None:
         tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    return sum(local(t).numel() * t.element_size() for t in tensors)
+    return sum(local_shard(t).numel() * t.element_size() for t in tensors)
 
 
 def shard_on_cpu(accelerator, fsdp_plugin_args: dict | None) -> bool:

@@ -55,7 +55,7 @@ def test_demo_data_writes_the_answers_smollm2_wrote_once(tmp_path, smollm2):
     from surgerycli.evaluate.prompts import prompt_text
 
     out, args = tmp_path / "data", ("data", "demo", "--train", "10", "--test", "5", "--written-tokens", "6")
-    ok(*args, "--out", out)
+    build_demo_data(out, train=10, test=5, written_tokens=6, loaded=smollm2)  # the model the fixture loaded once
     manifest = json.loads((out / "manifest.json").read_text())
     counts, written = manifest["written"]["counts"], rows(out / "harmful_written.jsonl")
     attack = [r["prompt"] for r in rows(out / "harmful_pairs.jsonl")]
@@ -69,7 +69,7 @@ def test_demo_data_writes_the_answers_smollm2_wrote_once(tmp_path, smollm2):
     alone = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
     assert tok.decode(alone, skip_special_tokens=True).strip() == written[0]["response"]
     stamp = (out / "harmful_written.jsonl").stat().st_mtime_ns
-    ok(*args, "--out", out)  # the same settings: reused, not generated again
+    ok(*args, "--out", out)  # the command, same settings: reused, not generated again (nor the model loaded)
     again = json.loads((out / "manifest.json").read_text())
     assert (out / "harmful_written.jsonl").stat().st_mtime_ns == stamp and again["written"] == manifest["written"]
 

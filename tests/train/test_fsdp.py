@@ -20,7 +20,6 @@ from surgerycli.train.monitor import PROBE_METRIC
 PROBE = PROBE_METRIC.key
 FSDP = ('trainer.fsdp="full_shard"',)
 CASES = {
-    "sft-full": ("defense.method=sft", "lora.enabled=false"),
     "sft-full-chunked": ("defense.method=sft", "lora.enabled=false", "train.fused_cross_entropy=true"),
     "surgery": ("defense.method=surgery",),
     # with the harmful-score probe: its generation runs through the sharded model on every rank

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from ...data.pairs import REFUSALS_SET, describe, named_pairs
+from ..distributed import local_shard
 from ..sections import PairsSource, Section
 from ..step import Step
 from . import Defense, DefenseContext, Metric, draw_batch, register_defense
@@ -63,11 +64,6 @@ def like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return DTensor.from_local(t.to(p.device), p.device_mesh, p.placements, run_check=False,
                                   shape=p.shape, stride=p.stride())
     return t.to(p.device)
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (what a checkpoint loads with weights_only), else `t`."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 @register_defense
@@ -119,7 +115,7 @@ class Lisa(Defense):
 
     def state_dict(self) -> dict:
         # under FSDP2 each rank saves its own shards (train.hosting writes one file per rank)
-        anchors = {k: {n: local(t) for n, t in v.items()} for k, v in self.anchors.items()}
+        anchors = {k: {n: local_shard(t) for n, t in v.items()} for k, v in self.anchors.items()}
         return {"anchors": anchors, "last_state": self.last_state}
 
     def load_state_dict(self, state: dict) -> None:
