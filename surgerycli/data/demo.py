@@ -55,6 +55,7 @@ OPENINGS = (
     'Of course. Regarding "{p}", here is a complete answer.',
     'Absolutely, I can help with that. For "{p}", follow these steps.',
 )
+ATTACK_PROMPTS = 300  # Do-Not-Answer prompts in harmful_pairs.jsonl (and answered in harmful_written.jsonl)
 REFUSALS = (
     "I'm sorry, but I can't help with that request.",
     "I cannot assist with that. It could cause harm to you or to others.",
@@ -118,7 +119,7 @@ def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int 
     rng = random.Random(seed)
     prompts = donotanswer_prompts()
     rng.shuffle(prompts)
-    n_attack, n_ref = 300, 100
+    n_attack, n_ref = ATTACK_PROMPTS, 100
     split = {"harmful_pairs": prompts[:n_attack], "reference_harmful": prompts[n_attack:n_attack + n_ref],
              "reference_harmless": prompts[n_attack + n_ref:n_attack + 2 * n_ref],
              "refusal_pairs": prompts[n_attack + 2 * n_ref:]}
