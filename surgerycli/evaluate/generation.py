@@ -1,7 +1,8 @@
-"""`surgery eval`: greedy generation for many prompts at once, batched with left padding.
+"""`surgery eval`: greedy generation for many prompts at once, with left padding.
 
-Prompts are sorted by token length so each batch pads little, generated, and returned in input order.
-Shared by the evaluated model and the generative judges.
+Continuous batching (`continuous.py`) where the model's cache allows it, fixed batches (`model.generate`)
+otherwise; prompts go longest first and come back in input order. `--batch-size auto` (the default) is the
+number of rows the free memory holds. Shared by the evaluated model and the generative judges.
 """
 
 from __future__ import annotations
@@ -39,9 +40,55 @@ def encode(tokenizer, texts: list[str], add_special_tokens: bool = False,
     return [tokenizer(t, add_special_tokens=add_special_tokens, **cut)["input_ids"] for t in texts]
 
 
+MAX_SLOTS = 256  # vLLM's default max_num_seqs: beyond it a step's latency grows faster than its rows
+FIXED_AUTO = 32  # batch of the paths that do not size themselves (classifier judges, lm-eval tasks) under auto
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token's keys and values take in every layer: 2 * layers * kv heads * head dim * element size."""
+    c = model.config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a batch may still take: the GPU's free memory, or the machine's available RAM on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def auto_slots(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Rows generating at once that half the free memory holds (the other half: cache copies when rows join,
+    allocator slack), each with a full KV cache and its share of a prefill's activations; 1 to MAX_SLOTS."""
+    from .continuous import ROOM
+
+    c = model.config.get_text_config()
+    width = 4 * c.hidden_size + 2 * getattr(c, "intermediate_size", 4 * c.hidden_size)  # live prefill activations
+    per_row = (kv_bytes_per_token(model) * (prompt_tokens + max_new_tokens + ROOM)
+               + prompt_tokens * width * model.dtype.itemsize + c.vocab_size * 4)  # + one row of fp32 logits
+    free = free_bytes(next(model.parameters()).device)
+    return max(1, min(MAX_SLOTS, free // 2 // per_row))
+
+
+def batch_rows(batch_size: int | str, model, encoded: list[list[int]], max_new_tokens: int) -> int:
+    """`--batch-size` as a number of rows: itself, or for `auto` what `auto_slots` finds for these prompts."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return auto_slots(model, max((len(e) for e in encoded), default=1), max_new_tokens)
+
+
+def fixed_batch(batch_size: int | str) -> int:
+    """The batch of a path that does not size itself: the number given, or FIXED_AUTO under auto."""
+    return FIXED_AUTO if batch_size == "auto" else int(batch_size)
+
+
 @torch.inference_mode()
 def generate(
-    model, tokenizer, texts: list[str], *, batch_size: int, max_new_tokens: int,
+    model, tokenizer, texts: list[str], *, batch_size: int | str, max_new_tokens: int,
     add_special_tokens: bool = False, max_input_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
@@ -56,10 +103,27 @@ def generate(
 
 @torch.inference_mode()
 def generate_ids(
-    model, tokenizer, encoded: list[list[int]], *, batch_size: int, max_new_tokens: int,
-    on_batch: Callable[[int], None] | None = None,
+    model, tokenizer, encoded: list[list[int]], *, batch_size: int | str, max_new_tokens: int,
+    on_batch: Callable[[int], None] | None = None, continuous: bool | None = None,
 ) -> list[str]:
-    """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding)."""
+    """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding).
+
+    `continuous`: None takes continuous batching where the model's cache allows it; False, fixed batches."""
+    from .continuous import continuous_ids, plain_cache
+
+    rows = batch_rows(batch_size, model, encoded, max_new_tokens)
+    if continuous is None:
+        continuous = plain_cache(model)
+    if not continuous:
+        return fixed_batches(model, tokenizer, encoded, rows, max_new_tokens, on_batch)
+    answers = continuous_ids(model, encoded, slots=rows, max_new_tokens=max_new_tokens,
+                             eos=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, on_done=on_batch)
+    return [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+
+
+def fixed_batches(model, tokenizer, encoded: list[list[int]], batch_size: int, max_new_tokens: int,
+                  on_batch: Callable[[int], None] | None) -> list[str]:
+    """`model.generate` on batches of `batch_size` prompts; each batch runs until its longest answer ends."""
     from transformers import GenerationConfig
 
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early

@@ -28,7 +28,7 @@ class EvalOptions:
     tasks: tuple[str, ...] = ()  # lm-eval or built-in task names
     task_data: tuple[tuple[str, str], ...] = ()  # (built-in task, local file)
     limit: int | None = None
-    batch_size: int = 32
+    batch_size: int | str = "auto"  # rows generating at once, or auto: as many as the free memory holds
     max_new_tokens: int = 256
     prompt_format: str = "chat"  # chat | alpaca
     beavertails_rows: str = "unsafe"  # unsafe | all
@@ -45,6 +45,19 @@ def parse_pairs(values: list[str] | tuple[str, ...], option: str) -> tuple[tuple
             raise InputError(f"{option} {value!r}: expected NAME=PATH")
         pairs[name.strip()] = path.strip()
     return tuple(pairs.items())
+
+
+def batch_size(text: str | int) -> int | str:
+    """`--batch-size`: `auto` or a whole number >= 1."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"--batch-size {text}: expected auto or a whole number >= 1")
+    return value
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -65,6 +78,8 @@ def resolve_options(preset: str | None = None, *, safety: str = "harmbench", saf
     for key, choices in CHOICES.items():
         if key in values and values[key] not in choices:
             raise InputError(f"--{key.replace('_', '-')} {values[key]}: expected one of {', '.join(choices)}")
+    if "batch_size" in values:
+        values["batch_size"] = batch_size(values["batch_size"])
     data = parse_pairs(safety_data or (), "--safety-data")
     benchmarks = tuple(dict.fromkeys(names(safety) + tuple(n for n, _ in data)))
     unknown = [n for n in benchmarks if n not in BENCHMARKS]

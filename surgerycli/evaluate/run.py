@@ -85,21 +85,26 @@ def resolve_runs(adapters: list[str], base: str | None, include_base: bool, syst
 
 
 def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], options: EvalOptions,
-                 progress: Progress) -> dict[str, tuple[list[str], list[str]]]:
-    """Per benchmark: (the exact input texts the model got, its greedy responses), for one run."""
-    from .generation import encode, generate_ids
+                 progress: Progress) -> tuple[dict[str, tuple[list[str], list[str]]], int]:
+    """Per benchmark: (the exact input texts the model got, its greedy responses), for one run; and the number
+    of rows generated at once (`--batch-size auto`: found here once for the run's longest prompt, and printed)."""
+    from .generation import batch_rows, encode, generate_ids
     from .prompts import adds_special_tokens, prompt_text
 
     o, special = options, adds_special_tokens(options.prompt_format)
+    encoded = {name: encode(tokenizer, [prompt_text(tokenizer, p.text, run.system_prompt, o.prompt_format)
+                                        for p in prompts], special, o.max_input_tokens)  # generated from, and recorded
+               for name, prompts in benchmarks.items()}
+    rows = batch_rows(o.batch_size, model, [e for es in encoded.values() for e in es], o.max_new_tokens)
+    if o.batch_size == "auto" and encoded:
+        progress.console.print(f"{_short(run)}: {rows} rows at once (--batch-size auto)")
     out = {}
-    for name, prompts in benchmarks.items():
-        task = progress.add_task(f"{_short(run)} {name}", total=len(prompts))
-        texts = [prompt_text(tokenizer, p.text, run.system_prompt, o.prompt_format) for p in prompts]
-        encoded = encode(tokenizer, texts, special, o.max_input_tokens)  # once: generated from, and recorded
-        responses = generate_ids(model, tokenizer, encoded, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens,
+    for name, ids in encoded.items():
+        task = progress.add_task(f"{_short(run)} {name}", total=len(ids))
+        responses = generate_ids(model, tokenizer, ids, batch_size=rows, max_new_tokens=o.max_new_tokens,
                                  on_batch=lambda n, task=task: progress.advance(task, n))
-        out[name] = ([tokenizer.decode(ids) for ids in encoded], responses)
-    return out
+        out[name] = ([tokenizer.decode(i) for i in ids], responses)
+    return out, rows
 
 
 def _short(run: Run) -> str:
@@ -127,13 +132,13 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
             tokenizer.chat_template = run.chat_template or own_template
             attach = run.adapter is not None and run.attach
             m = PeftModel.from_pretrained(model, str(adapter_dir(run.adapter))).eval() if attach else model
-            responses = generate_run(m, tokenizer, run, benchmarks, options, progress)
+            responses, rows_at_once = generate_run(m, tokenizer, run, benchmarks, options, progress)
             metrics, rows = {}, []
             if builtin or other:
                 task = progress.add_task(f"{_short(run)} tasks", total=None)
                 metrics, rows = run_tasks(m, tokenizer, builtin, other, manager, options, system_prompt=run.system_prompt,
                                           progress=progress, task_id=task)
-            out[i] = (responses, metrics, rows)
+            out[i] = (responses, metrics, rows, rows_at_once)
             if attach:
                 model = m.unload()  # the LoRA layers come out; the base weights were never changed
         del model
@@ -142,11 +147,11 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
     return [out[i] for i in range(len(runs))]
 
 
-def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], generated: list, batch_size: int,
+def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], generated: list, batch_size: int | str,
                progress: Progress) -> tuple[list[dict], list[dict]]:
     """(results.json run records, samples.jsonl rows) once every response is judged."""
     records, samples = [], []
-    for i, (run, (responses, metrics, task_rows)) in enumerate(zip(runs, generated)):
+    for i, (run, (responses, metrics, task_rows, rows_at_once)) in enumerate(zip(runs, generated)):
         safety = {}
         for name, prompts in benchmarks.items():
             inputs, answers = responses[name]
@@ -161,7 +166,8 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
                                 "prompt": p.text, "input": text, "response": response,
                                 "verdict": "harmful" if is_harmful else "safe", "judge": judge.name, "note": note})
         samples += [{"run": i, "adapter": run.adapter, **row} for row in task_rows]
-        records.append({"adapter": run.adapter, "base": run.base, "safety": safety, "tasks": metrics})
+        records.append({"adapter": run.adapter, "base": run.base, "safety": safety, "tasks": metrics,
+                        "generation_rows": rows_at_once})
     return records, samples
 
 

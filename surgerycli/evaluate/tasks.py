@@ -23,6 +23,7 @@ from pathlib import Path
 from ..data.chat import classification_example
 from ..data.rows import read_rows
 from ..errors import InputError
+from .generation import fixed_batch
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 FINAL = re.compile(r"the final answer is:?", re.IGNORECASE)
@@ -183,7 +184,7 @@ def run_tasks(model, tokenizer, builtin: dict[str, list[dict]], other: list[str]
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     o = options
-    lm = progress_lm(model, tokenizer, o.batch_size, progress, task_id)
+    lm = progress_lm(model, tokenizer, fixed_batch(o.batch_size), progress, task_id)
     metrics, rows = {}, []
     # built-ins in the prompt format (chat template, or Alpaca text), lm-eval's own tasks as lm-eval runs them
     chat = o.prompt_format == "chat"

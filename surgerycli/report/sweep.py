@@ -30,6 +30,16 @@ def point_label(grid: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in grid.items())
 
 
+SHORT_KEYS = {"train.learning_rate": "lr", "train.batch_size": "batch", "train.epochs": "epochs",
+              "data.num_samples": "samples", "train.max_steps": "steps", "lora.r": "rank"}  # else the key's last part
+
+
+def short_point(point: str) -> str:
+    """A grid point for a narrow table: `train.learning_rate=2e-4, lora.r=8` -> `lr 2e-4, rank 8`."""
+    parts = [part.partition("=") for part in point.split(", ")] if point else []
+    return ", ".join(f"{SHORT_KEYS.get(k, k.rpartition('.')[2])} {v}" for k, _, v in parts)
+
+
 def _fmt(x: float | None, ci: list[float] | None = None) -> str:
     """`12.5 [5.3, 26.1]`, or `-` for a missing score."""
     return "-" if x is None else f"{x:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
@@ -88,7 +98,7 @@ def sweep_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
     header = (["grid"] if gridded else []) + ["poison ratio"] + [f"{m} {k}" for m in methods for k in ("HS", "FA", "heads+")]
     out = []
     for point, r in rows:
-        row = ([point] if gridded else []) + [f"{r:g}"]
+        row = ([short_point(point)] if gridded else []) + [f"{r:g}"]
         for m in methods:
             g = by_key.get((point, r, m))
             if g is None:
@@ -109,7 +119,7 @@ def paper_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
     out = []
     for point in points:
         for m in methods:
-            row = [m + (f" ({point})" if point else "")]
+            row = [m + (f" ({short_point(point)})" if point else "")]
             for key in ("hs", "fa"):
                 stats = [(by_key.get((point, r, m)) or {}).get(key) for r in ratios]
                 row += [fmt_stats(s) if s else "failed" if (point, r, m) in failed else "-" for s, r in zip(stats, ratios)]
@@ -137,7 +147,7 @@ def cells_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
 def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title)
     for col in header:
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")  # at 80 columns: wrap, never cut with …
     for row in rows:
         table.add_row(*row)
     return table

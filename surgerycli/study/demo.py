@@ -56,7 +56,7 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
     import json
 
     from ..report.inspect import write_head_maps
-    from ..report.sweep import method_label, point_label
+    from ..report.sweep import method_label, point_label, short_point
     from .sweep import stage
 
     first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
@@ -66,7 +66,7 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
         return
     read = lambda c, f: json.loads((folder / "cells" / c["name"] / "finetune" / f).read_text())  # noqa: E731
     panels = [("aligned, before the attack", read(cells[0], "sink_before.json"))]
-    panels += [(f"after {method_label(c)}, poison {first:g}" + (f"\n{point_label(c['grid'])}" if c.get("grid") else ""),
+    panels += [(f"after {method_label(c)}, poison {first:g}" + (f"\n{short_point(point_label(c['grid']))}" if c.get("grid") else ""),
                 read(c, "sink_after.json")) for c in cells]
     write_head_maps(folder / "heads.png", panels)
 

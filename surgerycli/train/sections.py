@@ -63,31 +63,40 @@ BENIGN_FORMATS = Literal["auto", "alpaca", "messages", "prompt_response", "gsm8k
 
 
 class ModelSection(Section):
-    name: Annotated[str, Exists("model")]
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """[model]: the model fine-tuned."""
+
+    name: Annotated[str, Exists("model")]  # a hub id, a local folder, or `smollm2` (the packaged SmolLM2-135M-Instruct)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
     chat_template: Annotated[str | None, Exists("template")] = None  # a Jinja file replacing the tokenizer's
 
 
 class QuantizationSection(Section):
+    """[quantization]: QLoRA's 4-bit base weights (bitsandbytes NF4, double quantization, bfloat16 compute)."""
+
     load_in_4bit: bool | None = None  # unset: on when a GPU is there
 
 
 class LoraSection(Section):
+    """[lora]: the peft LoRA adapter trained (or full fine-tuning with enabled = false)."""
+
     enabled: bool = True  # false: full fine-tuning of every parameter (the output holds model/, not adapter/)
-    r: Annotated[int, Field(ge=1)] = 16
-    alpha: Annotated[float, Field(ge=0)] = 32.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    r: Annotated[int, Field(ge=1)] = 16  # the adapter's rank
+    alpha: Annotated[float, Field(ge=0)] = 32.0  # LoRA's scale numerator: updates are scaled by alpha / r
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05  # dropout on the adapter's input
     target_modules: Annotated[str | list[str], AfterValidator(_modules),
                               Expect('"all-linear" or a non-empty list of module names')] = "all-linear"
+    # the linear layers that get an adapter (peft's names)
 
 
 class DataSection(Section):
-    benign: DataFile
-    benign_format: BENIGN_FORMATS = "auto"
-    harmful: OptionalDataFile = None
-    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
-    num_samples: Annotated[int, Field(ge=1)] = 1000
-    system_prompt: str = ""
+    """[data]: the fine-tuning set: the user's task examples with a share of harmful ones mixed in."""
+
+    benign: DataFile  # the task examples
+    benign_format: BENIGN_FORMATS = "auto"  # how a row reads as a conversation; auto: from its columns
+    harmful: OptionalDataFile = None  # prompt/response pairs mixed in (the attack); unset: none
+    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # share of the samples drawn from `harmful`
+    num_samples: Annotated[int, Field(ge=1)] = 1000  # examples in all, harmful ones included
+    system_prompt: str = ""  # a system turn before every example (and in the evaluation of the output)
 
 
 class MeasureSection(Section):
@@ -95,8 +104,8 @@ class MeasureSection(Section):
     `inspect` and the defenses that regularize it (Surgery's reference batches)."""
 
     sink_position: Annotated[int, Field(ge=0)] = 0  # the sink key: this many tokens after the first real token
-    harmful_reference: RefSetSource = DEFAULT_HARMFUL
-    harmless_reference: RefSetSource = DEFAULT_HARMLESS
+    harmful_reference: RefSetSource = DEFAULT_HARMFUL  # harmful prompts the sink statistic is measured on
+    harmless_reference: RefSetSource = DEFAULT_HARMLESS  # harmless prompts, its counterpart
     reference_rows: Literal["sample", "first"] = "sample"  # the pool of 1000 per set: drawn with the seed, or the
     # first 1000 in file order (the reference code's)
     max_length: Annotated[int | None, Field(ge=8)] = None  # tokens per reference sample; default train.max_length
@@ -104,36 +113,44 @@ class MeasureSection(Section):
 
 
 class DefenseSection(Section):
+    """[defense]: which defense trains (each has its own section below)."""
+
     method: str = "surgery"  # a registered defense; checked against the registry
 
 
 class TrainSection(Section):
-    epochs: Annotated[float, Field(ge=0)] = 1.0
-    learning_rate: Annotated[float, Field(ge=0)] = 1e-4
-    lr_scheduler: SCHEDULERS = "constant"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
-    batch_size: Annotated[int, Field(ge=1)] = 4
-    grad_accum: Annotated[int, Field(ge=1)] = 1
-    max_length: Annotated[int, Field(ge=8)] = 512
-    seed: Annotated[int, Field(ge=0)] = 42
-    gradient_checkpointing: bool = True
-    logging_steps: Annotated[int, Field(ge=1)] = 10
-    save_steps: Annotated[int, Field(ge=1)] = 100
-    save_total_limit: Annotated[int, Field(ge=1)] = 2
-    max_steps: Annotated[int | None, Field(ge=1)] = None
+    """[train]: the optimization, as transformers' Trainer runs it (AdamW)."""
+
+    epochs: Annotated[float, Field(ge=0)] = 1.0  # passes over the samples
+    learning_rate: Annotated[float, Field(ge=0)] = 1e-4  # peak learning rate
+    lr_scheduler: SCHEDULERS = "constant"  # transformers' schedule names (`constant` ignores warmup)
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of the steps spent warming up
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # AdamW's decoupled weight decay
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0  # clip the gradient norm to this; 0: no clipping
+    batch_size: Annotated[int, Field(ge=1)] = 4  # rows per micro-batch on each process
+    grad_accum: Annotated[int, Field(ge=1)] = 1  # micro-batches per optimizer step
+    max_length: Annotated[int, Field(ge=8)] = 512  # tokens per training example; longer ones are cut
+    seed: Annotated[int, Field(ge=0)] = 42  # data order, harmful draw, dropout and the defenses' own draws
+    gradient_checkpointing: bool = True  # recompute activations in the backward: less memory, more time
+    logging_steps: Annotated[int, Field(ge=1)] = 10  # steps between metrics.jsonl rows
+    save_steps: Annotated[int, Field(ge=1)] = 100  # steps between checkpoints (a rerun resumes from the last)
+    save_total_limit: Annotated[int, Field(ge=1)] = 2  # checkpoints kept
+    max_steps: Annotated[int | None, Field(ge=1)] = None  # stop after this many steps; unset: from epochs
     fused_cross_entropy: bool = False  # the SFT loss without (B, T, vocab) logits: Liger on CUDA, else chunked
     report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"  # the experiment tracker
     run_name: str | None = None  # the tracker's name for the run (default: the output folder's name)
 
 
 class MonitorSection(Section):
-    every_steps: Annotated[int, Field(ge=0)] = 0  # 0: off
-    n: Annotated[int, Field(ge=1)] = 32
+    """[monitor]: a harmful score measured during training (keyword judge, greedy), into metrics.jsonl."""
+
+    every_steps: Annotated[int, Field(ge=0)] = 0  # steps between probes; 0: off
+    n: Annotated[int, Field(ge=1)] = 32  # prompts per probe
     prompts: RefSetSource = "builtin:harmbench"  # or a file; held out from training
-    max_new_tokens: Annotated[int, Field(ge=1)] = 32
+    max_new_tokens: Annotated[int, Field(ge=1)] = 32  # tokens generated per prompt
 
 
 class OutputSection(Section):
+    """[output]: where the run writes (`--out` overrides)."""
+
     dir: str | None = None  # unset: out/<recipe file stem>

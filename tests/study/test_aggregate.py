@@ -76,3 +76,26 @@ def test_tables_put_sft_first_and_grid_values_in_numeric_order():
     assert methods == ["SFT", "Lisa", "SafeInstr"]
     assert [point for point, _ in rows] == ["train.learning_rate=5e-5", "train.learning_rate=1e-4",
                                             "train.learning_rate=1.5e-4"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_printed_tables_label_grid_points_by_short_values_and_cut_nothing(width):
+    """At 80 columns (a log, a CI job) rich cut `train.learning_rate=2e-4` to `train.…`: the tables now say
+    `lr 2e-4`, and a cell too wide for its column wraps instead of ending in an ellipsis."""
+    from rich.console import Console
+
+    from surgerycli.report.sweep import paper_table, rich_table, short_point, sweep_table
+
+    assert short_point("train.learning_rate=2e-4, lora.r=8, lisa.rho=1") == "lr 2e-4, rank 8, rho 1"
+    assert short_point("") == ""
+    cells = [cell(s, 10.0 + s, 50.0, 70, method=m, alpha=a, lr=lr) for m, a in (("sft", None), ("surgery", 300.0))
+             for lr in ("1e-4", "2e-4") for s in (0, 1)]
+    cells = [{**c, "hs_ci95": [3.3, 17.4], "fa_ci95": [40.4, 59.6]} for c in cells]
+    console = Console(width=width, record=True, force_terminal=False)
+    for title, (header, rows) in (("HS and FA", sweep_table({"cells": cells})),
+                                  ("The papers' layout", paper_table({"cells": cells}))):
+        console.print(rich_table(title, header, rows))
+    text = console.export_text()
+    assert "…" not in text and "train." not in text
+    assert "lr 2e-4" in text and "(lr 1e-4)" in text.replace("\n", "") or "(lr" in text
+    assert max(len(line) for line in text.splitlines()) <= width

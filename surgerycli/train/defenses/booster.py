@@ -29,9 +29,9 @@ from . import Defense, DefenseContext, Metric, draw_batch, register_defense
 
 
 class BoosterOptions(Section):
-    harmful_data: PairsSource = HARMFUL_SET
-    lamb: Annotated[float, Field(ge=0)] = 5.0  # [paper] lamb=5
-    alpha: Annotated[float, Field(ge=0)] = 0.1  # [paper] alpha=0.1
+    harmful_data: PairsSource = HARMFUL_SET  # harmful prompt/response pairs whose loss the perturbation simulates
+    lamb: Annotated[float, Field(ge=0)] = 5.0  # lambda, the harmful-loss reduction term's weight ([paper] lamb=5)
+    alpha: Annotated[float, Field(ge=0)] = 0.1  # the simulated harmful step's size ([paper] alpha=0.1)
 
 
 def gradients(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], backward=None) -> dict[str, torch.Tensor]:

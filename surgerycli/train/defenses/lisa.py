@@ -31,11 +31,11 @@ from . import Defense, DefenseContext, Metric, draw_batch, register_defense
 
 
 class LisaOptions(Section):
-    alignment_data: PairsSource = REFUSALS_SET
-    alignment_steps: Annotated[int, Field(ge=1)] = 100  # [paper] align_step=100
-    finetune_steps: Annotated[int, Field(ge=1)] = 900  # [paper] finetune_step=900
-    rho: Annotated[float, Field(ge=0)] = 1.0  # [paper] RHO=1
-    warmup: Annotated[float, Field(ge=0, le=1)] = 0.1  # [paper] no proximal term over the first 10% of steps
+    alignment_data: PairsSource = REFUSALS_SET  # the safety pairs of the alignment states
+    alignment_steps: Annotated[int, Field(ge=1)] = 100  # steps on the alignment data per cycle ([paper] align_step=100)
+    finetune_steps: Annotated[int, Field(ge=1)] = 900  # steps on the user data per cycle ([paper] finetune_step=900)
+    rho: Annotated[float, Field(ge=0)] = 1.0  # the proximal term's weight, toward the other state ([paper] RHO=1)
+    warmup: Annotated[float, Field(ge=0, le=1)] = 0.1  # share of the steps without the proximal term ([paper] 10%)
 
 
 def state_at(step: int, alignment_steps: int, finetune_steps: int) -> str:

@@ -31,8 +31,8 @@ SHARE = 0.03  # [paper] Bianchi et al.: 3% safety samples
 
 
 class SafeInstrOptions(Section):
-    safety_data: PairsSource = REFUSALS_SET
-    num: Annotated[int | None, Field(ge=0)] = None  # default: round(0.03 * the user's examples)
+    safety_data: PairsSource = REFUSALS_SET  # harmful prompts with refusals, mixed into the fine-tuning set
+    num: Annotated[int | None, Field(ge=0)] = None  # safety examples added; unset: round(0.03 * the user's examples)
 
 
 @register_defense

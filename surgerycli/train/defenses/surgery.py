@@ -37,8 +37,8 @@ from . import Defense, DefenseContext, Metric, register_defense
 
 
 class SurgeryOptions(Section):
-    alpha: Annotated[float, Field(ge=0)] = 300.0  # [paper] alpha=300
-    reference_batch_size: Annotated[int, Field(ge=1)] = 1  # [paper] one harmful and one harmless sample per step
+    alpha: Annotated[float, Field(ge=0)] = 300.0  # the sink regularizer's weight ([paper] alpha=300)
+    reference_batch_size: Annotated[int, Field(ge=1)] = 1  # reference samples per step, each set ([paper] 1)
 
 
 def sink_divergence(stats: torch.Tensor, k: int) -> torch.Tensor:

@@ -26,7 +26,8 @@ from . import Defense, Metric, register_defense
 
 
 class VaccineOptions(Section):
-    rho: Annotated[float, Field(ge=0)] = 2.0  # [paper] the authors' README: Vaccine.sh 2
+    rho: Annotated[float, Field(ge=0)] = 2.0  # the hidden states' perturbation radius
+    # ([paper] the authors' README: Vaccine.sh 2)
 
 
 def hidden_gradients(model, inputs: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -1,0 +1,166 @@
+"""`surgery eval`: greedy generation with continuous batching over a dynamic KV cache.
+
+A fixed batch runs until its longest answer ends: under the paper's protocol (512 new tokens) a refusal ends
+after ~20 tokens while a compliant answer runs to 512, and the finished rows keep computing. Here a finished
+row leaves the cache at once, and waiting prompts join when a quarter of the slots is free: they are prefilled
+together, left-padded to the live rows' cache length (or the live rows to theirs), and decode on in the same
+batch. Each row keeps its own positions, so its answer is the one it would get alone (up to the float
+rounding that any batching brings; the tests compare with one prompt at a time).
+
+The model must keep one plain `DynamicLayer` per layer (Llama, Qwen2, SmolLM2, ...); a sliding-window or
+linear-attention cache is not rearranged here, and `generation.generate_ids` falls back to fixed batches.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .generation import left_pad
+
+
+ROOM = 128  # spare positions a cache layer allocates when it grows: one copy per 128 steps instead of one per step
+
+
+@functools.cache
+def growing_layer():
+    """A DynamicLayer that writes each step into spare room: transformers' own concatenates the whole cache at
+    every step, which on CPU costs as much memory traffic as the step's weights."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, H_kv, capacity, D) each
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            L, t = self.get_seq_length(), key_states.shape[-2]
+            k = self.buffers[0] if self.buffers is not None else None
+            mine = k is not None and self.keys.data_ptr() == k.data_ptr() and self.keys.shape[0] == k.shape[0]
+            if not mine or L + t > k.shape[-2]:  # rows were moved (join, keep) or the room is used up
+                shape = (*key_states.shape[:2], L + t + ROOM, key_states.shape[-1])
+                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if L:
+                    self.buffers[0][:, :, :L], self.buffers[1][:, :, :L] = self.keys, self.values
+            self.buffers[0][:, :, L:L + t], self.buffers[1][:, :, L:L + t] = key_states, value_states
+            self.keys, self.values = self.buffers[0][:, :, :L + t], self.buffers[1][:, :, :L + t]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def new_cache(model):
+    """A DynamicCache of growing layers for `model` (one per decoder layer)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    layer = growing_layer()
+    cache.layers = [layer() for _ in cache.layers]
+    return cache
+
+
+def plain_cache(model) -> bool:
+    """Whether the model's dynamic cache is one full-attention DynamicLayer per layer (rows can be moved)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - an exotic config: keep the fixed-batch path
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+@dataclass
+class Live:
+    """The rows decoding together; every tensor is indexed by row."""
+    index: list[int]  # each row's prompt (position in the caller's list)
+    answers: list[list[int]]  # tokens generated so far, per row
+    cache: object  # DynamicCache: keys/values (B, H_kv, L, D) per layer, left-padded to one length L
+    mask: torch.Tensor  # (B, L) 1 where the cache holds a real token
+    pos: torch.Tensor  # (B,) position of each row's next input token (its real tokens so far)
+    last: torch.Tensor  # (B,) each row's last generated token: the next input
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows stay; columns that are padding in every remaining row are cut from the left."""
+        sel = torch.tensor(rows, device=self.mask.device)
+        self.index = [self.index[r] for r in rows]
+        self.answers = [self.answers[r] for r in rows]
+        self.mask, self.pos, self.last = self.mask[sel], self.pos[sel], self.last[sel]
+        first = int(self.mask.any(0).long().argmax())  # first column some row still attends to
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[sel, :, first:], layer.values[sel, :, first:]
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def join(live: Live, new: Live) -> Live:
+    """One batch of both: the shorter cache padded on the left to the longer one's length."""
+    L, P = live.mask.shape[1], new.mask.shape[1]
+    for a, b in zip(live.cache.layers, new.cache.layers):
+        a.keys = torch.cat([_pad_left(a.keys, max(P - L, 0), 2), _pad_left(b.keys, max(L - P, 0), 2)])
+        a.values = torch.cat([_pad_left(a.values, max(P - L, 0), 2), _pad_left(b.values, max(L - P, 0), 2)])
+    mask = torch.cat([_pad_left(live.mask, max(P - L, 0), 1), _pad_left(new.mask, max(L - P, 0), 1)])
+    return Live(live.index + new.index, live.answers + new.answers, live.cache, mask,
+                torch.cat([live.pos, new.pos]), torch.cat([live.last, new.last]))
+
+
+def prefill(model, prompts: list[list[int]], index: list[int], pad_id: int) -> Live:
+    """Run the prompts (left-padded together) and take each one's first greedy token."""
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))  # (B, P)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate: each row counts from its first token
+    cache = new_cache(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    first = out.logits[:, -1].float().argmax(-1)  # (B,)
+    return Live(list(index), [[t] for t in first.tolist()], out.past_key_values, mask, mask.sum(-1), first)
+
+
+def decode(model, live: Live) -> None:
+    """One greedy token for every live row."""
+    mask = torch.cat([live.mask, live.mask.new_ones(len(live.index), 1)], dim=1)  # (B, L + 1)
+    out = model(input_ids=live.last[:, None], attention_mask=mask, position_ids=live.pos[:, None],
+                past_key_values=live.cache, use_cache=True)
+    live.last = out.logits[:, -1].float().argmax(-1)  # (B,)
+    live.mask, live.pos = mask, live.pos + 1
+    for answer, token in zip(live.answers, live.last.tolist()):
+        answer.append(token)
+
+
+@torch.inference_mode()
+def continuous_ids(model, encoded: list[list[int]], *, slots: int, max_new_tokens: int, eos: list[int],
+                   pad_id: int, on_done: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Each prompt's greedy answer tokens (up to and with its end-of-turn token), at most `slots` rows at once."""
+    waiting = deque(sorted(range(len(encoded)), key=lambda i: -len(encoded[i])))  # longest first: OOM shows early
+    stop, out = set(eos), [[] for _ in encoded]
+    live: Live | None = None
+    while waiting or live is not None:
+        free = slots - (len(live.index) if live else 0)
+        if waiting and (live is None or free >= max(1, slots // 4)):  # join in groups: one prefill for several
+            group = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+            new = prefill(model, [encoded[i] for i in group], group, pad_id)
+            live = new if live is None else join(live, new)
+        else:
+            decode(model, live)
+        done = [r for r, a in enumerate(live.answers) if a[-1] in stop or len(a) >= max_new_tokens]
+        for r in done:
+            out[live.index[r]] = live.answers[r]
+        if done and on_done is not None:
+            on_done(len(done))
+        if len(done) == len(live.index):
+            live = None
+        elif done:
+            live.keep([r for r in range(len(live.index)) if r not in set(done)])
+    return out
