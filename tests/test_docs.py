@@ -39,6 +39,33 @@ def test_the_recipe_reference_and_the_defenses_table_are_what_the_code_generates
     assert block == defenses_table(), "regenerate the table: surgery recipe --defenses"
 
 
+def first_column(page: str, header: str) -> list[str]:
+    """The backticked names in the first column of the Markdown table whose header row starts with `header`."""
+    lines = (ROOT / "docs" / page).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(re.match(r"\| `([^`:]+)", line).group(1))
+    return rows
+
+
+def test_the_hand_written_tables_list_exactly_what_the_code_registers():
+    """The judges', benchmarks', built-in tasks' and architectures' text is hand-written (what each one does);
+    which ones exist comes from the code, and a name added or removed there must show here."""
+    from surgerycli.data.safety import BENCHMARKS
+    from surgerycli.evaluate.judges import JUDGES
+    from surgerycli.evaluate.tasks import BUILTIN_TASKS
+    from surgerycli.patches.architectures import ARCHITECTURES
+
+    assert first_column("eval.md", "judge") == ["keyword", *JUDGES]
+    assert sorted(first_column("eval.md", "name")) == sorted(BENCHMARKS)
+    assert first_column("eval.md", "task") == list(BUILTIN_TASKS)
+    listed = (ROOT / "docs" / "inspect.md").read_text().split("Supported `model_type`s")[1].split(". ")[0]
+    assert re.findall(r"`(\w+)`", listed) == list(ARCHITECTURES)
+
+
 def test_every_recipe_key_has_a_description():
     from surgerycli.train.recipe import schema
     from surgerycli.train.reference import field_notes, section_doc
