@@ -68,12 +68,13 @@ class ModelSection(Section):
     name: Annotated[str, Exists("model")]  # a hub id, a local folder, or `smollm2` (the packaged SmolLM2-135M-Instruct)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bfloat16 on a GPU, float32 on CPU
     chat_template: Annotated[str | None, Exists("template")] = None  # a Jinja file replacing the tokenizer's
+    # chat template for training, the reference sets, the sink measurement and the output's evaluation
 
 
 class QuantizationSection(Section):
     """[quantization]: QLoRA's 4-bit base weights (bitsandbytes NF4, double quantization, bfloat16 compute)."""
 
-    load_in_4bit: bool | None = None  # unset: on when a GPU is there
+    load_in_4bit: bool | None = None  # unset: on when a GPU is there (refused with lora.enabled = false)
 
 
 class LoraSection(Section):
@@ -92,10 +93,11 @@ class DataSection(Section):
     """[data]: the fine-tuning set: the user's task examples with a share of harmful ones mixed in."""
 
     benign: DataFile  # the task examples
-    benign_format: BENIGN_FORMATS = "auto"  # how a row reads as a conversation; auto: from its columns
-    harmful: OptionalDataFile = None  # prompt/response pairs mixed in (the attack); unset: none
-    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # share of the samples drawn from `harmful`
-    num_samples: Annotated[int, Field(ge=1)] = 1000  # examples in all, harmful ones included
+    benign_format: BENIGN_FORMATS = "auto"  # how a row reads as a conversation: alpaca (instruction/input/output),
+    # messages, prompt_response, gsm8k (question/answer), sst2, agnews; auto: from its columns
+    harmful: OptionalDataFile = None  # prompt/response pairs mixed in (the attack; BeaverTails: its unsafe rows)
+    poison_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # round(poison_ratio * num_samples) samples are harmful
+    num_samples: Annotated[int, Field(ge=1)] = 1000  # examples in all, harmful ones included, shuffled with train.seed
     system_prompt: str = ""  # a system turn before every example (and in the evaluation of the output)
 
 
@@ -131,13 +133,14 @@ class TrainSection(Section):
     grad_accum: Annotated[int, Field(ge=1)] = 1  # micro-batches per optimizer step
     max_length: Annotated[int, Field(ge=8)] = 512  # tokens per training example; longer ones are cut
     seed: Annotated[int, Field(ge=0)] = 42  # data order, harmful draw, dropout and the defenses' own draws
-    gradient_checkpointing: bool = True  # recompute activations in the backward: less memory, more time
+    gradient_checkpointing: bool = True  # recompute activations in the backward (non-reentrant): less memory
     logging_steps: Annotated[int, Field(ge=1)] = 10  # steps between metrics.jsonl rows
     save_steps: Annotated[int, Field(ge=1)] = 100  # steps between checkpoints (a rerun resumes from the last)
     save_total_limit: Annotated[int, Field(ge=1)] = 2  # checkpoints kept
     max_steps: Annotated[int | None, Field(ge=1)] = None  # stop after this many steps; unset: from epochs
     fused_cross_entropy: bool = False  # the SFT loss without (B, T, vocab) logits: Liger on CUDA, else chunked
     report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"  # the experiment tracker
+    # (tensorboard: event files under OUT/checkpoints/runs/; the `tracking` extra installs them all)
     run_name: str | None = None  # the tracker's name for the run (default: the output folder's name)
 
 
@@ -146,7 +149,8 @@ class MonitorSection(Section):
 
     every_steps: Annotated[int, Field(ge=0)] = 0  # steps between probes; 0: off
     n: Annotated[int, Field(ge=1)] = 32  # prompts per probe
-    prompts: RefSetSource = "builtin:harmbench"  # or a file; held out from training
+    prompts: RefSetSource = "builtin:harmbench"  # the probe's prompts; those in the training mix or a
+    # reference set are dropped
     max_new_tokens: Annotated[int, Field(ge=1)] = 32  # tokens generated per prompt
 
 

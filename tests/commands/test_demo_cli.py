@@ -150,9 +150,11 @@ def test_sweep_rejects_bad_grids(tmp_path, sweep_recipe):
 def test_demo_pipeline_end_to_end_on_smollm2(tmp_path):
     """The README's first command with a few steps and a handful of prompts."""
     out = tmp_path / "demo-out"
+    attack = tmp_path / "demo-attack.toml"  # the shipped recipe with 4 + 4 sink samples (32 + 32: half the test's time)
+    attack.write_text((ROOT / "recipes" / "demo-attack.toml").read_text().replace("\nsamples = 32\n", "\nsamples = 4\n"))
+    assert attack.read_text().count("\nsamples = 4\n") == 1
     args = ["demo", "--out", out, "--align-steps", 2, "--attack-steps", 2, "--limit", 3, "--max-new-tokens", 6,
-            "--align-recipe", ROOT / "recipes" / "demo-align.toml",
-            "--attack-recipe", ROOT / "recipes" / "demo-attack.toml"]
+            "--align-recipe", ROOT / "recipes" / "demo-align.toml", "--attack-recipe", attack]
     result = ok(*args)
     assert "SFT HS" in result.output
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
