@@ -162,5 +162,6 @@ def continuous_ids(model, encoded: list[list[int]], *, slots: int, max_new_token
         if len(done) == len(live.index):
             live = None
         elif done:
-            live.keep([r for r in range(len(live.index)) if r not in set(done)])
+            ended = set(done)
+            live.keep([r for r in range(len(live.index)) if r not in ended])
     return out
