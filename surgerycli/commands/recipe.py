@@ -24,7 +24,7 @@ def recipe(
 ) -> None:
     """Print a recipe resolved (every default filled in), or with --reference every recipe key.
 
-    Docs: docs/recipe.md (the reference), docs/finetune.md and docs/defenses.md.
+    Manual: docs/recipe.md (the reference), docs/finetune.md and docs/defenses.md.
     """
     from ..errors import InputError
 
