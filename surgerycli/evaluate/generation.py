@@ -1,8 +1,9 @@
 """`surgery eval`: greedy generation for many prompts at once, with left padding.
 
-Continuous batching (`continuous.py`) where the model's cache allows it, fixed batches (`model.generate`)
-otherwise; prompts go longest first and come back in input order. `--batch-size auto` (the default) is the
-number of rows the free memory holds. Shared by the evaluated model and the generative judges.
+`--decode`: continuous batching (`continuous.py`) where the model's cache allows it, fixed batches
+(`model.generate`) otherwise; or continuous batching over static slots with a compiled decode step
+(`static.py`). Prompts go longest first and come back in input order. `--batch-size auto` (the default) is
+the number of rows the free memory holds. Shared by the evaluated model and the generative judges.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from ..errors import InputError
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +44,7 @@ def encode(tokenizer, texts: list[str], add_special_tokens: bool = False,
 
 
 MAX_SLOTS = 256  # vLLM's default max_num_seqs: beyond it a step's latency grows faster than its rows
+DECODES = ("auto", "continuous", "static", "fixed")  # --decode; auto: continuous where the cache allows it
 FIXED_AUTO = 32  # batch of the paths that do not size themselves (classifier judges, lm-eval tasks) under auto
 
 
@@ -90,7 +94,7 @@ def fixed_batch(batch_size: int | str) -> int:
 def generate(
     model, tokenizer, texts: list[str], *, batch_size: int | str, max_new_tokens: int,
     add_special_tokens: bool = False, max_input_tokens: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None, decode: str = "auto",
 ) -> list[str]:
     """Greedy continuation of each already-rendered text (special tokens dropped, whitespace stripped).
 
@@ -98,26 +102,29 @@ def generate(
     """
     encoded = encode(tokenizer, texts, add_special_tokens, max_input_tokens)
     return generate_ids(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                        on_batch=on_batch)
+                        on_batch=on_batch, decode=decode)
 
 
 @torch.inference_mode()
 def generate_ids(
     model, tokenizer, encoded: list[list[int]], *, batch_size: int | str, max_new_tokens: int,
-    on_batch: Callable[[int], None] | None = None, continuous: bool | None = None,
+    on_batch: Callable[[int], None] | None = None, decode: str = "auto",
 ) -> list[str]:
-    """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding).
-
-    `continuous`: None takes continuous batching where the model's cache allows it; False, fixed batches."""
+    """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding), by the
+    `decode` path of DECODES."""
     from .continuous import continuous_ids, plain_cache
+    from .static import static_ids
 
     rows = batch_rows(batch_size, model, encoded, max_new_tokens)
-    if continuous is None:
-        continuous = plain_cache(model)
-    if not continuous:
+    plain = plain_cache(model)
+    if decode in ("continuous", "static") and not plain:
+        raise InputError(f"--decode {decode}: {type(model).__name__}'s cache is not one plain full-attention layer "
+                         "per layer (sliding window, linear attention); use --decode fixed or auto")
+    if decode == "fixed" or (decode == "auto" and not plain):
         return fixed_batches(model, tokenizer, encoded, rows, max_new_tokens, on_batch)
-    answers = continuous_ids(model, encoded, slots=rows, max_new_tokens=max_new_tokens,
-                             eos=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, on_done=on_batch)
+    run = static_ids if decode == "static" else continuous_ids
+    answers = run(model, encoded, slots=rows, max_new_tokens=max_new_tokens, eos=eos_ids(model, tokenizer),
+                  pad_id=tokenizer.pad_token_id, on_done=on_batch)
     return [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
 

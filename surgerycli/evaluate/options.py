@@ -17,7 +17,8 @@ PRESETS = {
     "surgery-paper": {"prompt_format": "alpaca", "beavertails_rows": "all", "limit": 1000, "max_new_tokens": 512,
                       "max_input_tokens": 512},
 }
-CHOICES = {"prompt_format": ("chat", "alpaca"), "beavertails_rows": ("unsafe", "all")}
+CHOICES = {"prompt_format": ("chat", "alpaca"), "beavertails_rows": ("unsafe", "all"),
+           "decode": ("auto", "continuous", "static", "fixed")}  # decode: generation.DECODES
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class EvalOptions:
     limit: int | None = None
     batch_size: int | str = "auto"  # rows generating at once, or auto: as many as the free memory holds
     max_new_tokens: int = 256
+    decode: str = "auto"  # auto (continuous where the cache allows it, else fixed) | continuous | static | fixed
     prompt_format: str = "chat"  # chat | alpaca
     beavertails_rows: str = "unsafe"  # unsafe | all
     max_input_tokens: int | None = None  # cut each input to its first N tokens

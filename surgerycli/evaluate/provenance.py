@@ -80,6 +80,7 @@ def provenance(options, *, data: dict, judge, device, dtype, started_at: str, wa
         "wall_time_s": round(wall_time_s, 2),
         "generation": {"prompt_format": options.prompt_format, "max_new_tokens": options.max_new_tokens,
                        "max_input_tokens": options.max_input_tokens, "batch_size": options.batch_size,
+                       "decode": options.decode,
                        "greedy": True, "preset": options.preset},
         "data": data,
         "judge": judge_record(judge),

@@ -102,6 +102,7 @@ def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]]
     for name, ids in encoded.items():
         task = progress.add_task(f"{_short(run)} {name}", total=len(ids))
         responses = generate_ids(model, tokenizer, ids, batch_size=rows, max_new_tokens=o.max_new_tokens,
+                                 decode=o.decode,
                                  on_batch=lambda n, task=task: progress.advance(task, n))
         out[name] = ([tokenizer.decode(i) for i in ids], responses)
     return out, rows

@@ -80,7 +80,7 @@ def _show(value: object) -> str:
     return json.dumps(value) if isinstance(value, (str, bool, int, float, list)) else repr(value)
 
 
-def _expected(info) -> str:
+def expected(info) -> str:
     """What a field accepts, in words, from its type and constraints."""
     custom = next((m.text for m in info.metadata if isinstance(m, Expect)), None)
     if custom:
@@ -114,7 +114,7 @@ def _section_problems(name: str, cls: type[Section], given: dict, error: Validat
         elif e["type"] == "missing":
             problems.append(f"{name}.{key}: required, missing")
         else:
-            problems.append(f"{name}.{key}: {_expected(cls.model_fields[key])}, got {_show(given[key])}")
+            problems.append(f"{name}.{key}: {expected(cls.model_fields[key])}, got {_show(given[key])}")
     return problems
 
 
@@ -321,15 +321,16 @@ def load_recipe(
     return Recipe(**core, methods=sections, trainer=dict(merged.get("trainer") or {}))
 
 
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
+    """A value as TOML writes it (the resolved recipe, the reference's defaults)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)  # 0.0001 -> 0.0001, 300.0 -> 300.0: always read back as float
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(value) if isinstance(value, str) else str(value)  # JSON escapes are TOML escapes
 
 
@@ -338,8 +339,8 @@ def dump_recipe(recipe: Recipe) -> str:
     lines = []
     for name, section in recipe.sections().items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in section.model_dump().items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in section.model_dump().items() if v is not None]
         lines.append("")
     if recipe.trainer:
-        lines += ["[trainer]", *(f"{k} = {_toml_value(v)}" for k, v in recipe.trainer.items()), ""]
+        lines += ["[trainer]", *(f"{k} = {toml_value(v)}" for k, v in recipe.trainer.items()), ""]
     return "\n".join(lines)

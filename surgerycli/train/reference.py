@@ -3,7 +3,7 @@ does), generated from the typed sections themselves. docs/recipe.md is this text
 
 A key's description is written once, as the comment on its line in the section class (with comment lines
 that follow it); a section's, as the class docstring. The allowed values are the words a validation error
-uses (`recipe._expected`).
+uses (`recipe.expected`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import io
 import re
 import tokenize
 
-from .recipe import _expected, _toml_value, schema
+from .recipe import expected, toml_value, schema
 from .sections import Section
 
 FIELD = re.compile(r"^    (\w+)\s*:")
@@ -56,7 +56,7 @@ def _cell(text: str) -> str:
 def _default(info) -> str:
     if info.is_required():
         return "required"
-    return "unset" if info.default is None else f"`{_toml_value(info.default)}`"
+    return "unset" if info.default is None else f"`{toml_value(info.default)}`"
 
 
 def reference() -> str:
@@ -78,7 +78,7 @@ def reference() -> str:
         notes = field_notes(cls)
         out += ["| key | accepts | default | description |", "|---|---|---|---|"]
         for key, info in cls.model_fields.items():
-            accepts = _expected(info).removeprefix("expected ")
+            accepts = expected(info).removeprefix("expected ")
             out.append(f"| `{key}` | {_cell(accepts)} | {_cell(_default(info))} | {_cell(notes.get(key, ''))} |")
         out.append("")
     owned = ", ".join(f"`{k}`" for k in OWNED)
@@ -105,7 +105,7 @@ def defenses_table() -> str:
         found = PAPER.search(doc)
         paper, code = (" ".join(found.group(1).split()).rstrip(" ,"), found.group(2).rstrip(".")) if found else ("", "")
         defaults = ", ".join((f"**{k}**" if k == d.main_option else k)
-                             + (f" = `{_toml_value(f.default)}`" if f.default is not None else " unset")
+                             + (f" = `{toml_value(f.default)}`" if f.default is not None else " unset")
                              for k, f in d.options_class.model_fields.items())
         link = f"[{code.removeprefix('github.com/')}](https://{code})" if code else ""
         out.append(f"| {d.title} | `{name}` | {STAGES[d.stage]} | {_cell(defaults) or '-'} | {_cell(paper) or '-'} "

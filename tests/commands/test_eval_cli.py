@@ -86,17 +86,21 @@ def test_runs_take_base_and_system_prompt_from_the_finetune_output(finetuned, ti
     assert [(r.adapter, r.base, r.system_prompt) for r in runs] == [(str(finetuned / "adapter"), tiny, "Be terse.")]
 
 
-def test_batched_generation_matches_one_prompt_at_a_time(tmp_path, finetuned, tiny_llama_dir):
-    """The adapter's responses from `surgery eval` (batch 3, left padding) equal greedy decoding of each
-    prompt alone with the recipe's system prompt, base + adapter loaded independently."""
+@pytest.mark.parametrize("decode", ["auto", "static"])
+def test_batched_generation_matches_one_prompt_at_a_time(tmp_path, finetuned, tiny_llama_dir, decode):
+    """The adapter's responses from `surgery eval` (batch 3, left padding; continuous batching, or static
+    slots) equal greedy decoding of each prompt alone with the recipe's system prompt, base + adapter loaded
+    independently."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from surgerycli.data.safety import load_benchmark
 
     out = tmp_path / "eval"
-    ok("eval", finetuned, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3", "--out", out)
+    ok("eval", finetuned, "--limit", "3", "--max-new-tokens", "6", "--batch-size", "3", "--decode", decode,
+       "--out", out)
     got = [json.loads(line)["response"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert json.loads((out / "results.json").read_text())["provenance"]["generation"]["decode"] == decode
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, finetuned / "adapter").eval()

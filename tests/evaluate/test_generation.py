@@ -1,5 +1,6 @@
-"""Continuous batching and `--batch-size auto` (surgerycli.evaluate.continuous, generation) against transformers'
-own `generate` of one prompt at a time, and the slot count against a hand calculation."""
+"""Continuous batching over a growing cache and over static slots, and `--batch-size auto`
+(surgerycli.evaluate.continuous, static, generation) against transformers' own `generate` of one prompt at a
+time, and the slot count against a hand calculation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tiny import tiny_model
 
 from surgerycli.evaluate import generation
 from surgerycli.evaluate.continuous import continuous_ids, plain_cache
+from surgerycli.evaluate.static import static_ids, step
 from surgerycli.evaluate.options import resolve_options
 from surgerycli.errors import InputError
 
@@ -26,7 +28,11 @@ def alone(model, prompt: list[int], eos: list[int], max_new_tokens: int) -> list
     return seq[0, len(prompt):].tolist()
 
 
-def test_rows_that_end_leave_and_waiting_prompts_join_yet_every_answer_is_the_one_it_gets_alone():
+PATHS = pytest.mark.parametrize("path", [continuous_ids, static_ids], ids=["continuous", "static"])
+
+
+@PATHS
+def test_rows_that_end_leave_and_waiting_prompts_join_yet_every_answer_is_the_one_it_gets_alone(path):
     model = tiny_model("llama", attn_implementation="sdpa", seed=3)
     encoded, T = prompts(11), 12
     # an end token the random model emits at different steps for different prompts, so rows leave at
@@ -37,17 +43,38 @@ def test_rows_that_end_leave_and_waiting_prompts_join_yet_every_answer_is_the_on
     expected = [alone(model, p, eos, T) for p in encoded]
     lengths = {len(e) for e in expected}
     assert len(lengths) >= 3 and T in lengths  # some end early, at different steps; some run to the limit
-    got = continuous_ids(model, encoded, slots=3, max_new_tokens=T, eos=eos, pad_id=0)
+    got = path(model, encoded, slots=3, max_new_tokens=T, eos=eos, pad_id=0)
     assert [g[:len(e)] for g, e in zip(got, expected)] == expected
     assert [len(g) for g in got] == [len(e) for e in expected]  # nothing generated past an end token
 
 
-def test_every_prompt_at_once_and_one_at_a_time_agree():
-    model = tiny_model("qwen2", attn_implementation="sdpa", use_sliding_window=False, seed=1)
+@PATHS
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_every_prompt_at_once_and_one_at_a_time_agree(path, attn):
+    model = tiny_model("qwen2", attn_implementation=attn, use_sliding_window=False, seed=1)
     encoded = prompts(5, seed=4)
     expected = [alone(model, p, [2], 9) for p in encoded]
     for slots in (1, 5):
-        assert continuous_ids(model, encoded, slots=slots, max_new_tokens=9, eos=[2], pad_id=0) == expected
+        assert path(model, encoded, slots=slots, max_new_tokens=9, eos=[2], pad_id=0) == expected
+
+
+def test_the_static_decode_step_is_one_graph_through_joins_and_leaves():
+    """What CUDA graphs need: dynamo captures the whole step (fullgraph: a graph break raises) once, and rows
+    joining and leaving the slots, or a new cache, never change what it captured (one graph, no recompilation)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("llama", attn_implementation="sdpa", seed=3)
+    encoded = prompts(7, seed=5)
+    expected = [alone(model, p, [2, 17], 10) for p in encoded]
+    assert len({len(e) for e in expected}) >= 2  # rows leave at different steps
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    for _ in range(2):  # the second call allocates a new cache of the same shape: no recompilation either
+        got = static_ids(model, encoded, slots=3, max_new_tokens=10, eos=[2, 17], pad_id=0, run_step=compiled)
+        assert got == expected
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
 
 
 def test_a_sliding_window_cache_keeps_the_fixed_batches(monkeypatch):
@@ -66,6 +93,11 @@ def test_a_sliding_window_cache_keeps_the_fixed_batches(monkeypatch):
     monkeypatch.setattr(generation, "fixed_batches", lambda *a: called.append(a[3]) or ["x"] * len(a[2]))
     assert generation.generate_ids(model, Tok(), prompts(4), batch_size=2, max_new_tokens=3) == ["x"] * 4
     assert called == [2]
+    for decode in ("continuous", "static"):  # asked for by name: refused with one line, not silently replaced
+        with pytest.raises(InputError, match=f"--decode {decode}: MistralForCausalLM's cache is not one plain"):
+            generation.generate_ids(model, Tok(), prompts(4), batch_size=2, max_new_tokens=3, decode=decode)
+    generation.generate_ids(tiny_model("llama"), Tok(), prompts(3), batch_size=2, max_new_tokens=3, decode="fixed")
+    assert called == [2, 2]  # fixed batches on request, where continuous batching was possible
 
 
 def test_auto_rows_are_half_the_free_memory_over_one_rows_cache_activations_and_logits(monkeypatch):
@@ -82,6 +114,12 @@ def test_auto_rows_are_half_the_free_memory_over_one_rows_cache_activations_and_
     assert generation.auto_slots(model, 10, 20) == generation.MAX_SLOTS
     monkeypatch.setattr(generation, "free_bytes", lambda device: 1000)
     assert generation.auto_slots(model, 10, 20) == 1
+
+
+def test_a_bad_decode_is_refused_naming_the_choices():
+    with pytest.raises(InputError, match="--decode paged: expected one of auto, continuous, static, fixed"):
+        resolve_options(decode="paged")
+    assert resolve_options(decode="static").decode == "static" and resolve_options().decode == "auto"
 
 
 @pytest.mark.parametrize("text", ["0", "-3", "many", "2.5"])

@@ -53,7 +53,7 @@ def test_surgery_paper_preset_prompts_rows_lengths_and_inputs(tmp_path, tiny_lla
     assert "### Response:" not in long and "end?" not in long  # cut on the right, as the reference's tokenizer
     g = results["provenance"]["generation"]
     assert g == {"prompt_format": "alpaca", "max_new_tokens": 4, "max_input_tokens": 512, "batch_size": 2,
-                 "greedy": True, "preset": "surgery-paper"}
+                 "decode": "auto", "greedy": True, "preset": "surgery-paper"}
     bt = results["runs"][0]["safety"]["beavertails"]
     assert bt["n"] == 4 and bt["ci95"][0] <= bt["harmful_score"] <= bt["ci95"][1]
 

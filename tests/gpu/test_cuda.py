@@ -3,7 +3,7 @@
 Sink parity against eager attention per SDPA backend and dtype, the Surgery loss and gradients against
 the eager reference, the fused SFT losses (chunked, Liger) and their gradients against the model's own,
 4-bit loading on the asked device, a QLoRA Surgery run through `surgery finetune` on a random
-Llama-3-8B-shaped model with 2 layers, and batched generation against one prompt at a time.
+Llama-3-8B-shaped model with 2 layers, and batched generation (each --decode path) against one prompt at a time.
 """
 
 from __future__ import annotations
@@ -245,6 +245,7 @@ def test_batched_generation_equals_one_at_a_time(word_tokenizer_dir):
                        bos_token_id=tok.bos_token_id).to(CUDA)
     prompts = ["what is 1 + 2 ?", "tell me about a", "how do i make a b c with 3 4 5 6 7 8 9 ?", "sure"]
     texts = [render(tok, [{"role": "user", "content": p}]) for p in prompts]
-    batched = generate(model, tok, texts, batch_size=3, max_new_tokens=12)
-    single = [generate(model, tok, [t], batch_size=1, max_new_tokens=12)[0] for t in texts]
-    assert batched == single and any(batched)
+    single = [generate(model, tok, [t], batch_size=1, max_new_tokens=12, decode="fixed")[0] for t in texts]
+    for decode in ("fixed", "continuous", "static"):  # static: its decode step one CUDA graph (reduce-overhead)
+        batched = generate(model, tok, texts, batch_size=3, max_new_tokens=12, decode=decode)
+        assert batched == single and any(batched), decode
