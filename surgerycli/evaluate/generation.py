@@ -48,12 +48,17 @@ DECODES = ("auto", "continuous", "static", "fixed")  # --decode; auto: continuou
 FIXED_AUTO = 32  # batch of the paths that do not size themselves (classifier judges, lm-eval tasks) under auto
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes one token's keys and values take in every layer: 2 * layers * kv heads * head dim * element size."""
+def kv_shape(model) -> tuple[int, int, int]:
+    """(layers, kv heads, head dim) of the model's KV cache."""
     c = model.config.get_text_config()
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    return 2 * c.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+    return c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or c.num_attention_heads, head_dim
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token's keys and values take in every layer: 2 * layers * kv heads * head dim * element size."""
+    layers, kv_heads, head_dim = kv_shape(model)
+    return 2 * layers * kv_heads * head_dim * model.dtype.itemsize
 
 
 def free_bytes(device: torch.device) -> int:

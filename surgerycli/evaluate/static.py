@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .continuous import Live, prefill
+from .generation import kv_shape
 
 
 class SlotCache:
@@ -28,13 +29,11 @@ class SlotCache:
     column (`pos`, set before each step) and returns the whole buffers, as transformers' StaticLayer does."""
 
     def __init__(self, model, slots: int, columns: int):
-        c = model.config.get_text_config()
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        layers, kv_heads, head_dim = kv_shape(model)
         device, dtype = next(model.parameters()).device, model.dtype
         shape = (slots, kv_heads, columns, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_hidden_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.columns = torch.arange(columns, device=device)  # (C,)
         for t in [*self.keys, *self.values, self.columns]:
             torch._dynamo.mark_static_address(t)  # in-place writes into fixed addresses: a CUDA graph can replay them
