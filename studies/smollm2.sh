@@ -7,7 +7,8 @@
 #   bash studies/smollm2.sh paper      # the paper's regime: full fine-tuning, lr 5e-6 (and 5e-5), batch 10, 5 epochs,
 #                                      # alpha 300, model-written attack answers; sft, surgery x poison 0, 0.1, 0.2
 #   bash studies/smollm2.sh written    # the LoRA boundary cells (lr 2e-4, poison 0.1 and 0.2) with model-written
-#                                      # answers: sft, surgery, lisa, safeinstr, vaccine, booster
+#                                      # answers: sft, surgery (alpha 300; ALPHAS=3000 METHODS=surgery adds the
+#                                      # LoRA study's other alpha), lisa, safeinstr, vaccine, booster
 #   surgery report study-out/sweep --out study-out/report
 # Every stage writes into one sweep folder (study-out/sweep): the alignment and the "before the attack" row are
 # done once, a cell shared by two stages runs once, and an interrupted stage resumes where it stopped.
@@ -39,6 +40,7 @@ PAPER=(--set lora.enabled=false --set train.batch_size=10 --set train.epochs=5 -
   --set train.lr_scheduler=\"constant\" --set "data.num_samples=${PAPER_SAMPLES:-100}" --set train.save_steps=10
   --set "data.harmful=$W")
 USER_LRS=${LRS:-}
+USER_ALPHAS=${ALPHAS:-}
 LRS=${LRS:-1e-4,2e-4,5e-4}
 SEEDS=${SEEDS:-0,1}
 ALPHAS=${ALPHAS:-300,3000}
@@ -54,7 +56,7 @@ case "${1:-}" in
   paper) $SURGERY sweep "${COMMON[@]}" --out "$OUT/paper" "${PAPER[@]}" --methods "${METHODS:-sft,surgery}" \
           --alphas 300 --poison-ratios "${RATIOS:-0,0.1,0.2}" --seeds "$SEEDS" --grid "train.learning_rate=${USER_LRS:-5e-6,5e-5}" ;;
   written) $SURGERY sweep "${COMMON[@]}" --out "$OUT/written" --set "data.harmful=$W" --align-set "booster.harmful_data=$W" \
-          --methods "${METHODS:-sft,surgery,lisa,safeinstr,vaccine,booster}" --alphas 300 --poison-ratios "${RATIOS:-0.1,0.2}" \
+          --methods "${METHODS:-sft,surgery,lisa,safeinstr,vaccine,booster}" --alphas "${USER_ALPHAS:-300}" --poison-ratios "${RATIOS:-0.1,0.2}" \
           --seeds "$SEEDS" --grid "train.learning_rate=${USER_LRS:-2e-4}" ;;
   *) echo "usage: bash studies/smollm2.sh scan|main|baselines|poison|paper|written" >&2; exit 2 ;;
 esac
