@@ -39,6 +39,16 @@ def _legend_beside(fig, axes) -> None:
     fig.legend(list(entries.values()), list(entries), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
+def _padded(xs: list[float], log: bool) -> tuple[float, float]:
+    """The x range of the grid's values with 8% of its span (or of the value) on each side."""
+    lo, hi = xs[0], xs[-1]
+    if log:
+        f = (hi / lo) ** 0.08 if hi > lo else 1.3
+        return lo / f, hi * f
+    pad = 0.08 * (hi - lo) if hi > lo else 0.3 * (abs(lo) or 1)
+    return lo - pad, hi + pad
+
+
 def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[str, float]], methods: list[str],
                      by_key: dict, ratios: list[float]) -> None:
     """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), a row
@@ -71,6 +81,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
         if log:
             ax.set_xscale("log")
         ax.set_xticks(xs_all, [_tick(x) for x in xs_all])
+        ax.set_xlim(*_padded(xs_all, log))  # every panel the same span: a lone point must not sit on the frame
         ax.minorticks_off()
         ax.set_xlabel(key)
         ax.set_ylim(-2, 104)
