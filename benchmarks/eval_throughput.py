@@ -1,4 +1,4 @@
-"""Benchmark for `surgery eval`: fixed batches (`model.generate`, batch 32) against continuous batching, in one run.
+"""Benchmark for `surgery eval`: fixed batches (`model.generate`, batch 32) against the continuous paths, in one run.
 
     python benchmarks/eval_throughput.py [--paths fixed:32 continuous:auto static:auto] [--prompts 64]
                                          [--max-new-tokens 64 512] [--device cpu] [--dtype float32]

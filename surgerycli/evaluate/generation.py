@@ -44,7 +44,6 @@ def encode(tokenizer, texts: list[str], add_special_tokens: bool = False,
 
 
 MAX_SLOTS = 256  # vLLM's default max_num_seqs: beyond it a step's latency grows faster than its rows
-DECODES = ("auto", "continuous", "static", "fixed")  # --decode; auto: continuous where the cache allows it
 FIXED_AUTO = 32  # batch of the paths that do not size themselves (classifier judges, lm-eval tasks) under auto
 
 
@@ -116,7 +115,7 @@ def generate_ids(
     on_batch: Callable[[int], None] | None = None, decode: str = "auto",
 ) -> list[str]:
     """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding), by the
-    `decode` path of DECODES."""
+    `decode` path (`--decode`: auto, continuous, static or fixed; auto: continuous where the cache allows it)."""
     from .continuous import continuous_ids, plain_cache
     from .static import static_ids
 

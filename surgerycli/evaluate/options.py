@@ -18,7 +18,7 @@ PRESETS = {
                       "max_input_tokens": 512},
 }
 CHOICES = {"prompt_format": ("chat", "alpaca"), "beavertails_rows": ("unsafe", "all"),
-           "decode": ("auto", "continuous", "static", "fixed")}  # decode: generation.DECODES
+           "decode": ("auto", "continuous", "static", "fixed")}  # decode: the paths of generation.generate_ids
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def static_ids(model, encoded: list[list[int]], *, slots: int, max_new_tokens: i
     answers: list[list[int]] = [[] for _ in range(slots)]
     last = torch.full((slots,), pad_id, dtype=torch.long, device=device)  # (S,) next input token
     pos = torch.zeros(slots, dtype=torch.long, device=device)  # (S,) its position; 0 in a free slot
+    live = torch.zeros(slots, dtype=torch.long, device=device)  # (S,) 1 where a slot holds a prompt
     while waiting or any(o is not None for o in owner):
         free = [s for s, o in enumerate(owner) if o is None]
         if waiting and len(free) >= max(1, slots // 4):  # join in groups: one prefill for several
@@ -105,12 +106,11 @@ def static_ids(model, encoded: list[list[int]], *, slots: int, max_new_tokens: i
             taken = free[:len(group)]
             cache.put(taken, new)
             index = torch.tensor(taken, device=device)
-            last[index], pos[index] = new.last, new.pos
+            last[index], pos[index], live[index] = new.last, new.pos, 1
             for s, i, answer in zip(taken, group, new.answers):
                 owner[s], answers[s] = i, answer
         else:
             tokens = run_step(model, cache, last, pos)
-            live = torch.tensor([o is not None for o in owner], device=device)
             last, pos = tokens.clone(), (pos + 1) * live  # a free slot stays at column 0
             for s, token in enumerate(tokens.tolist()):
                 if owner[s] is not None:
@@ -119,7 +119,9 @@ def static_ids(model, encoded: list[list[int]], *, slots: int, max_new_tokens: i
                                                                     or len(answers[s]) >= max_new_tokens)]
         for s in done:
             out[owner[s]], owner[s] = answers[s], None
-            pos[s] = 0
-        if done and on_done is not None:
-            on_done(len(done))
+        if done:
+            ended = torch.tensor(done, device=device)
+            pos[ended], live[ended] = 0, 0
+            if on_done is not None:
+                on_done(len(done))
     return out
