@@ -51,7 +51,7 @@ def demo(
 
     from ..errors import InputError
     from ..study.demo import run_demo
-    from ..study.sweep import parse_floats, parse_grid, parse_methods
+    from ..study.grid import parse_floats, parse_grid, parse_methods
 
     try:
         run_demo(out, align_recipe=align_recipe, attack_recipe=attack_recipe,

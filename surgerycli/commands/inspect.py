@@ -124,13 +124,12 @@ def run_inspect(
 ) -> dict:
     from rich.progress import Progress
 
+    from ..data.refsets import sample
     from ..files import write_json
     from ..models import load_model, pick_device, pick_dtype, read_chat_template
     from ..progress import PROGRESS_COLUMNS
-    from ..report.inspect import heads_table, layers_table, write_heatmap
+    from ..report.inspect import print_summary, write_heatmap
     from ..sink import measure_refsets, result_record
-
-    from ..data.refsets import sample
 
     harm, safe = (sample(pools[0], samples, seed), sample(pools[1], samples, seed)) if pools else \
         load_refsets(harmful, harmless, samples, seed)
@@ -147,21 +146,9 @@ def run_inspect(
             sink_position=sink_position, device=dev, progress=progress, resamples=bootstrap,
         )
     result = result_record(model_name, adapter, sink_position, model, harm, safe, summary)
-    cfg = model.config.get_text_config()
-    console.print(heads_table(result, top) if view == "heads" else layers_table(result))
-    console.print(
-        f"[red]{result['positive_heads']} positive[/] / [blue]{result['negative_heads']} negative[/] heads "
-        f"of {cfg.num_hidden_layers * cfg.num_attention_heads} "
-        f"({result['harmful']['n_samples']} harmful, {result['harmless']['n_samples']} harmless samples)"
-    )
-    if "divergence_ci95" in result:
-        console.print(f"95% bootstrap interval ({bootstrap} resamples) entirely above 0: "
-                      f"[red]{result['significant_positive_heads']}[/] heads, below 0: "
-                      f"[blue]{result['significant_negative_heads']}[/]")
-    if json_path is not None:
-        write_json(json_path, result)
-        console.print(f"wrote {json_path}")
-    if plot_path is not None:
-        write_heatmap(plot_path, result)
-        console.print(f"wrote {plot_path}")
+    print_summary(console, result, view, top, bootstrap)
+    for path, write in ((json_path, write_json), (plot_path, write_heatmap)):
+        if path is not None:
+            write(path, result)
+            console.print(f"wrote {path}")
     return result

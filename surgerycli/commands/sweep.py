@@ -1,4 +1,4 @@
-"""`surgery sweep RECIPE --out DIR`: the command; the work is `study.sweep` and `report.sweep`."""
+"""`surgery sweep RECIPE --out DIR`: the command; the work is `study.grid`, `study.sweep` and `report.sweep`."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def sweep(
     from ..errors import InputError
     from ..files import FolderLock
     from ..report.sweep import write_sweep
-    from ..study.sweep import Alignment, evaluator, plan, run_sweep
+    from ..study.grid import plan
+    from ..study.sweep import Alignment, evaluator, run_sweep
 
     console = Console()
     try:

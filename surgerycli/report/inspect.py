@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from ..files import atomic_write
@@ -49,6 +50,20 @@ def layers_table(result: dict) -> Table:
             str(sum(x > 0 for x in d)), str(sum(x < 0 for x in d)),
         )
     return table
+
+
+def print_summary(console: Console, result: dict, view: str, top: int, bootstrap: int) -> None:
+    """The `heads` or `layers` table, then the counts of positive, negative and significant heads."""
+    heads = len(result["divergence"]) * len(result["divergence"][0])
+    console.print(heads_table(result, top) if view == "heads" else layers_table(result))
+    console.print(
+        f"[red]{result['positive_heads']} positive[/] / [blue]{result['negative_heads']} negative[/] heads "
+        f"of {heads} ({result['harmful']['n_samples']} harmful, {result['harmless']['n_samples']} harmless samples)"
+    )
+    if "divergence_ci95" in result:
+        console.print(f"95% bootstrap interval ({bootstrap} resamples) entirely above 0: "
+                      f"[red]{result['significant_positive_heads']}[/] heads, below 0: "
+                      f"[blue]{result['significant_negative_heads']}[/]")
 
 
 def write_heatmap(path: Path, result: dict) -> None:

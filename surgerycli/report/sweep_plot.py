@@ -117,35 +117,41 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
     for j, point in enumerate(points):
         for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
             ax = axes[i][j]
-            for k, m in enumerate(methods):
-                stats = [(r, by_key[point, r, m][key]) for r in ratios if (point, r, m) in by_key and by_key[point, r, m][key]]
-                if not stats:
-                    continue
-                offset = k - (len(methods) - 1) / 2
-                ys = [s["mean"] for _, s in stats]
-                cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, stats)]
-                err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
-                if len(ratios) == 1:
-                    width = 0.8 / len(methods)
-                    ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3", color=f"C{k % 10}")
-                    ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
-                else:
-                    step = 0.012 * (ratios[-1] - ratios[0])
-                    ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m,
-                                color=f"C{k % 10}")
+            _draw_panel(ax, point, key, methods, ratios, by_key)
             base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
             if base is not None:
                 ax.axhline(base, color="gray", linestyle="--", label="before attack")
-            if len(ratios) == 1:
-                ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
-            else:
-                ax.set_xlabel("poison ratio")
             ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
             ax.set_ylim(-2, 112)
     _legend_beside(fig, [ax for column in axes for ax in column])
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
+
+
+def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float], by_key: dict) -> None:
+    """One method per colour: grouped bars at a single poison ratio, else lines over the ratios (each method
+    nudged sideways so equal points stay visible); error bars from each point's 95% interval."""
+    for k, m in enumerate(methods):
+        stats = [(r, by_key[point, r, m][key]) for r in ratios if (point, r, m) in by_key and by_key[point, r, m][key]]
+        if not stats:
+            continue
+        offset = k - (len(methods) - 1) / 2
+        ys = [s["mean"] for _, s in stats]
+        cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, stats)]
+        err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
+        if len(ratios) == 1:
+            width = 0.8 / len(methods)
+            ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3", color=f"C{k % 10}")
+            ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
+        else:
+            step = 0.012 * (ratios[-1] - ratios[0])
+            ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m,
+                        color=f"C{k % 10}")
+    if len(ratios) == 1:
+        ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
+    else:
+        ax.set_xlabel("poison ratio")
 
 
 def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:

@@ -20,7 +20,8 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
     from ..evaluate.options import resolve_options
     from ..report.sweep import write_sweep
     from ..train.recipe import load_recipe
-    from .sweep import Alignment, evaluator, grid, run_sweep
+    from .grid import grid
+    from .sweep import Alignment, evaluator, run_sweep
 
     for recipe in (align_recipe, attack_recipe):
         if not recipe.is_file():
@@ -57,7 +58,7 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
 
     from ..report.inspect import write_head_maps
     from ..report.sweep import method_label, point_label, short_point
-    from .sweep import stage
+    from .grid import stage
 
     first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
     cells = [c for c in sweep["cells"] if c["poison_ratio"] == first and c["status"] == "ok"

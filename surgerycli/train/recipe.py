@@ -3,42 +3,29 @@
 Each section is a frozen pydantic model (strict: no silent coercion). The sections are the core ones
 below plus `[defense]` (which method runs) and one section per registered defense (`train.defenses`),
 each with its options and defaults. Validation collects every problem of every section, each with its
-key path and what was expected (`surgery.alpha: expected a number >= 0, got "high"`), into one
-InputError. What comes out is a `Recipe`: typed sections, every default and `auto` filled in.
+key path and what was expected (`surgery.alpha: expected a number >= 0, got "high"`; worded by
+`train.problems`), into one InputError. What comes out is a `Recipe`: typed sections, every default and `auto` filled in.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import annotated_types as at
 from pydantic import ValidationError
 
-from ..data.pairs import BUILTIN_PAIRS
-from ..data.refsets import BUILTIN_REFSETS
 from ..errors import InputError
+from .problems import BUILTIN_NAMES, file_problems, section_problems, show
 from .sections import (
-    DataSection, DefenseSection, Exists, Expect, LoraSection, MeasureSection, ModelSection, MonitorSection,
+    DataSection, DefenseSection, Exists, LoraSection, MeasureSection, ModelSection, MonitorSection,
     OutputSection, QuantizationSection, Section, TrainSection,
 )
-
 
 CORE = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
         "measure": MeasureSection, "defense": DefenseSection}
 TAIL = {"train": TrainSection, "monitor": MonitorSection, "output": OutputSection}
-BUILTIN_NAMES = {"refset": BUILTIN_REFSETS, "pairs": BUILTIN_PAIRS}  # Exists kinds that also take built-in names
-REMOVED = {("surgery", "enabled"): 'removed: choose the method with [defense] method = "surgery" or "sft" '
-                                   '(no defense)',
-           # the sink measurement's settings serve every method, so they left Surgery's own section
-           **{("surgery", old): f"moved: [measure] {new} (the sink measurement's settings, for every method)"
-              for old, new in (("sink_position", "sink_position"), ("harmful_reference", "harmful_reference"),
-                               ("harmless_reference", "harmless_reference"), ("reference_rows", "reference_rows"),
-                               ("max_length", "max_length"), ("measure_samples", "samples"))}}
 
 
 @dataclass(frozen=True)
@@ -72,87 +59,6 @@ def schema() -> dict[str, type[Section]]:
     from .defenses import registry
 
     return {**CORE, **{name: d.options_class for name, d in registry().items()}, **TAIL}
-
-
-# ---- error messages ------------------------------------------------------------------------------
-
-def _show(value: object) -> str:
-    return json.dumps(value) if isinstance(value, (str, bool, int, float, list)) else repr(value)
-
-
-def expected(info) -> str:
-    """What a field accepts, in words, from its type and constraints."""
-    custom = next((m.text for m in info.metadata if isinstance(m, Expect)), None)
-    if custom:
-        return f"expected {custom}"
-    types = [t for t in typing.get_args(info.annotation) or (info.annotation,) if t is not type(None)]
-    if typing.get_origin(info.annotation) is Literal:
-        return f"expected one of {', '.join(map(_show, typing.get_args(info.annotation)))}"
-    if types[0] is bool:
-        return "expected true or false"
-    if types[0] in (int, float):
-        bounds = []
-        for m in info.metadata:
-            for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-                if isinstance(m, getattr(at, attr.capitalize())):
-                    bounds.append(f"{op} {getattr(m, attr):g}")
-        noun = "an integer" if types[0] is int else "a number"
-        return f"expected {noun}" + (f" {' and '.join(bounds)}" if bounds else "")
-    return "expected a string"
-
-
-def _section_problems(name: str, cls: type[Section], given: dict, error: ValidationError) -> list[str]:
-    problems, seen = [], set()
-    for e in error.errors():
-        key = str(e["loc"][0]) if e["loc"] else ""
-        if key in seen:
-            continue  # a union reports once per member
-        seen.add(key)
-        if e["type"] == "extra_forbidden":
-            hint = REMOVED.get((name, key)) or f"unknown key (expected one of {', '.join(cls.model_fields)})"
-            problems.append(f"{name}.{key}: {hint}")
-        elif e["type"] == "missing":
-            problems.append(f"{name}.{key}: required, missing")
-        else:
-            problems.append(f"{name}.{key}: {expected(cls.model_fields[key])}, got {_show(given[key])}")
-    return problems
-
-
-def _exists(kind: str, value: str) -> str | None:
-    """None when what `value` names exists, else what was expected."""
-    from ..data.rows import source_exists
-
-    if kind == "file" and not source_exists(value):
-        return "no such file or dataset folder"
-    if kind in BUILTIN_NAMES and value not in BUILTIN_NAMES[kind] and not source_exists(value):
-        return f"no such file or dataset folder (or use {' / '.join(map(_show, BUILTIN_NAMES[kind]))})"
-    if kind == "template":
-        from ..models import read_chat_template
-
-        try:
-            read_chat_template(value, "")
-        except InputError as e:
-            return str(e).removeprefix(f" {value}: ")
-    if kind == "model":
-        from ..models import resolve
-
-        try:
-            resolve(value)
-        except InputError as e:
-            return str(e).removeprefix(f"{value}: ")
-    return None
-
-
-def _file_problems(name: str, cls: type[Section], values: dict) -> list[str]:
-    """What `values` (keys that passed type checks) name that does not exist."""
-    problems = []
-    for key, info in cls.model_fields.items():
-        value = values.get(key)
-        for m in info.metadata:
-            # a hub table (a dict) names a hub dataset: only the hub can tell whether it exists
-            if isinstance(m, Exists) and isinstance(value, str) and (error := _exists(m.kind, value)):
-                problems.append(f"{name}.{key}: {error}, got {_show(value)}")
-    return problems
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -194,10 +100,10 @@ def _section(name: str, cls: type[Section], given: dict, check_files: bool) -> t
     try:
         section, bad, problems = cls(**given), set(), []
     except ValidationError as e:
-        section, problems = None, _section_problems(name, cls, given, e)
+        section, problems = None, section_problems(name, cls, given, e)
         bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
     if check_files:  # also for the keys that passed when another key of the section failed
-        problems += _file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+        problems += file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
     return section, problems
 
 
@@ -228,7 +134,7 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
         if name not in classes:
             problems.append(f"{name}: unknown section (expected one of {', '.join([*classes, 'trainer'])})")
         elif not isinstance(values, dict):
-            problems.append(f"{name}: expected a [{name}] table, got {_show(values)}")
+            problems.append(f"{name}: expected a [{name}] table, got {show(values)}")
     sections = {}
     for name, cls in classes.items():
         given = merged.get(name) if isinstance(merged.get(name), dict) else {}
@@ -239,7 +145,7 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
     from .defenses import registry
 
     if "defense" in sections and sections["defense"].method not in registry():  # a key's check: with the rest
-        problems.append(f"defense.method: unknown method {_show(sections['defense'].method)} "
+        problems.append(f"defense.method: unknown method {show(sections['defense'].method)} "
                         f"(expected one of {', '.join(registry())})")
     return sections
 
@@ -264,7 +170,7 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
 
     tracker = sections["train"].report_to
     if tracker != "none" and importlib.util.find_spec(tracker) is None:
-        problems.append(f"train.report_to: {_show(tracker)} needs the {tracker} package (pip install {tracker})")
+        problems.append(f"train.report_to: {show(tracker)} needs the {tracker} package (pip install {tracker})")
 
 
 def _absolute(value: str | None) -> str | None:

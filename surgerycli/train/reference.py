@@ -3,7 +3,7 @@ does), generated from the typed sections themselves. docs/recipe.md is this text
 
 A key's description is written once, as the comment on its line in the section class (with comment lines
 that follow it); a section's, as the class docstring. The allowed values are the words a validation error
-uses (`recipe.expected`).
+uses (`problems.expected`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import io
 import re
 import tokenize
 
-from .recipe import expected, toml_value, schema
+from .problems import expected
+from .recipe import schema, toml_value
 from .sections import Section
 
 FIELD = re.compile(r"^    (\w+)\s*:")

@@ -9,7 +9,7 @@ import pytest
 
 from clirun import invoke, ok
 from surgerycli.errors import InputError
-from surgerycli.study.sweep import Cell, grid, parse_grid
+from surgerycli.study.grid import Cell, grid, parse_grid
 
 
 def test_grid_expansion_names_and_overrides():
@@ -125,7 +125,7 @@ def test_a_methods_own_axis_multiplies_its_cells_only(tmp_path, sweep_recipe, de
 
 
 def test_grid_surgery_alpha_is_the_long_form_of_alphas(sweep_recipe):
-    from surgerycli.study.sweep import plan
+    from surgerycli.study.grid import plan
 
     long = plan(sweep_recipe, [], "0", "sft,surgery", None, grid_texts=["surgery.alpha=10,50"])
     short = plan(sweep_recipe, [], "0", "sft,surgery", "10,50")
