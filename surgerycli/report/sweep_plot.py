@@ -39,6 +39,22 @@ def _legend_beside(fig, axes) -> None:
     fig.legend(list(entries.values()), list(entries), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
+def _before_lines(ax, sweep: dict, score: str, methods: list[str]) -> None:
+    """The models before the attack as horizontal lines: the shared aligned model in grey, and each
+    alignment-stage defense's own aligned model (Vaccine, Booster) dotted in that method's colour, since
+    its cost in task accuracy is paid there, before any attack."""
+    from ..train.defenses import registry
+
+    key = "harmful_score" if score == "hs" else "accuracy"
+    if sweep["base"][key] is not None:
+        ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
+    for name, before in (sweep.get("aligned_before") or {}).items():
+        title = registry()[name].title if name in registry() else name
+        k = next((k for k, m in enumerate(methods) if m == title or m.startswith(title + " ")), None)
+        if before.get(key) is not None and k is not None:
+            ax.axhline(before[key], color=f"C{k % 10}", linestyle=":", label=f"before attack, {title}'s alignment")
+
+
 def _padded(xs: list[float], log: bool) -> tuple[float, float]:
     """The x range of the grid's values with 8% of its span (or of the value) on each side."""
     lo, hi = xs[0], xs[-1]
@@ -75,9 +91,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
             err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
             # a colour per method, the same in every panel (a method missing from one must not shift the rest)
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m, color=f"C{k % 10}")
-        base = sweep["base"]["harmful_score" if score == "hs" else "accuracy"]
-        if base is not None:
-            ax.axhline(base, color="gray", linestyle="--", label="before attack")
+        _before_lines(ax, sweep, score, methods)
         if log:
             ax.set_xscale("log")
         ax.set_xticks(xs_all, [_tick(x) for x in xs_all])
@@ -118,9 +132,7 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
         for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
             ax = axes[i][j]
             _draw_panel(ax, point, key, methods, ratios, by_key)
-            base = sweep["base"]["harmful_score" if key == "hs" else "accuracy"]
-            if base is not None:
-                ax.axhline(base, color="gray", linestyle="--", label="before attack")
+            _before_lines(ax, sweep, key, methods)
             ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
             ax.set_ylim(-2, 112)
     _legend_beside(fig, [ax for column in axes for ax in column])
@@ -154,6 +166,9 @@ def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float
         ax.set_xlabel("poison ratio")
 
 
+_MARKERS = "osD^vPX<>*"
+
+
 def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
     """Harmful score against positive heads after fine-tuning, one point per cell, coloured by method."""
     import matplotlib
@@ -168,8 +183,9 @@ def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str
                                              "heads with 95% interval above 0, after"))):
         for k, m in enumerate(method_order(ok)):  # the colours of sweep.png
             pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
-            if pts:
-                ax.scatter(*zip(*pts), label=m, s=22, alpha=0.8, color=f"C{k % 10}")
+            if pts:  # hollow, one shape per method: cells of several methods at one point stay visible
+                ax.scatter(*zip(*pts), label=m, s=30, marker=_MARKERS[k % len(_MARKERS)], facecolors="none",
+                           edgecolors=f"C{k % 10}", linewidths=1.2)
         c = corr[name]
         rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
         ax.set_title(f"Spearman {rho}", fontsize=10)

@@ -99,3 +99,29 @@ def test_the_printed_tables_label_grid_points_by_short_values_and_cut_nothing(wi
     assert "…" not in text and "train." not in text
     assert "lr 2e-4" in text and "(lr 1e-4)" in text.replace("\n", "") or "(lr" in text
     assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_the_plot_draws_each_alignment_stage_defense_before_the_attack_in_its_colour():
+    """Vaccine's own alignment cost it FA 48 -> 13 before any attack: sweep.png shows that line (dotted, in
+    Vaccine's colour) beside the shared aligned model's; a method with no cells in the sweep gets none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from surgerycli.report.sweep import layout
+    from surgerycli.report.sweep_plot import _before_lines
+
+    cells = [cell(0, 80.0, 60.0, 70, method=m, alpha=None, lr="2e-4") for m in ("sft", "vaccine")]
+    sweep = {"cells": cells, "base": {"harmful_score": 0.0, "accuracy": 48.0},
+             "aligned_before": {"vaccine": {"harmful_score": 0.0, "accuracy": 13.0},
+                                "booster": {"harmful_score": 4.0, "accuracy": 57.0}}}
+    methods = layout(sweep)[0]
+    fig, ax = plt.subplots()
+    _before_lines(ax, sweep, "fa", methods)
+    lines = [(line.get_ydata()[0], line.get_linestyle(), line.get_color()) for line in ax.get_lines()]
+    plt.close(fig)
+    k = methods.index("Vaccine")
+    assert lines == [(48.0, "--", "gray"), (13.0, ":", f"C{k}")]
+    assert to_rgba(f"C{k}") != to_rgba("gray")
