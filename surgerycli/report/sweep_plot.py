@@ -8,6 +8,8 @@ from pathlib import Path
 from ..files import atomic_write
 from .sweep import layout, method_label, method_order, point_label, seeded
 
+_MARKERS = "osD^vPX<>*"  # correlation.png: a shape per method
+
 
 def numeric_axis(sweep: dict) -> tuple[str, dict[str, float]] | None:
     """(key, point label -> value) when the grid is one numeric key over several values, else None."""
@@ -45,11 +47,11 @@ def _before_lines(ax, sweep: dict, score: str, methods: list[str]) -> None:
     its cost in task accuracy is paid there, before any attack."""
     from ..train.defenses import registry
 
-    key = "harmful_score" if score == "hs" else "accuracy"
+    key, titles = "harmful_score" if score == "hs" else "accuracy", {n: d.title for n, d in registry().items()}
     if sweep["base"][key] is not None:
         ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
     for name, before in (sweep.get("aligned_before") or {}).items():
-        title = registry()[name].title if name in registry() else name
+        title = titles.get(name, name)
         k = next((k for k, m in enumerate(methods) if m == title or m.startswith(title + " ")), None)
         if before.get(key) is not None and k is not None:
             ax.axhline(before[key], color=f"C{k % 10}", linestyle=":", label=f"before attack, {title}'s alignment")
@@ -164,9 +166,6 @@ def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float
         ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
     else:
         ax.set_xlabel("poison ratio")
-
-
-_MARKERS = "osD^vPX<>*"
 
 
 def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
