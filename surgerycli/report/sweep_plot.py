@@ -45,16 +45,15 @@ def _before_lines(ax, sweep: dict, score: str, methods: list[str]) -> None:
     """The models before the attack as horizontal lines: the shared aligned model in grey, and each
     alignment-stage defense's own aligned model (Vaccine, Booster) dotted in that method's colour, since
     its cost in task accuracy is paid there, before any attack."""
-    from ..train.defenses import registry
-
-    key, titles = "harmful_score" if score == "hs" else "accuracy", {n: d.title for n, d in registry().items()}
+    key = "harmful_score" if score == "hs" else "accuracy"
     if sweep["base"][key] is not None:
         ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
     for name, before in (sweep.get("aligned_before") or {}).items():
-        title = titles.get(name, name)
-        k = next((k for k, m in enumerate(methods) if m == title or m.startswith(title + " ")), None)
+        labels = {method_label(c) for c in sweep["cells"] if c["method"] == name}  # its colour: its cells' own
+        k = next((k for k, m in enumerate(methods) if m in labels), None)
         if before.get(key) is not None and k is not None:
-            ax.axhline(before[key], color=f"C{k % 10}", linestyle=":", label=f"before attack, {title}'s alignment")
+            ax.axhline(before[key], color=f"C{k % 10}", linestyle=":",
+                       label=f"before attack, {methods[k]}'s alignment")
 
 
 def _padded(xs: list[float], log: bool) -> tuple[float, float]:
