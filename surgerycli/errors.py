@@ -1,7 +1,17 @@
-"""The input error every `surgery` command reports as one line with exit code 2."""
+"""The errors every `surgery` command reports as one line: bad input (exit code 2), and a write the machine
+refused (a full disk, a read-only folder: exit code 1, with what was kept and how to go on)."""
 
 from __future__ import annotations
 
 
 class InputError(Exception):
     """Bad user input: the CLI prints it as one line and exits with code 2."""
+
+    exit_code = 2
+
+
+class WriteError(InputError):
+    """A write that failed for a reason outside the input (no space left, no permission, a read-only
+    filesystem): one line naming the path, the reason and what is kept; the CLI exits with code 1."""
+
+    exit_code = 1

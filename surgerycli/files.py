@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, WriteError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -116,10 +119,12 @@ def _is_zombie(pid: int) -> bool:
 
 class FolderLock:
     """Held while a run writes into `folder`: a second run into the same folder is refused (one line naming
-    the pid) while the first is alive; a lock left by a run that died (no such process) is taken over."""
+    the pid) while the first is alive; a lock left by a run that died (no such process) is taken over. A folder
+    the lock made is removed again when the run fails before writing anything into it."""
 
     def __init__(self, folder: Path, option: str):
         self.path, self.option = Path(folder) / LOCK, option
+        self.made = False
 
     def _holder(self) -> int | None:
         try:
@@ -130,8 +135,7 @@ class FolderLock:
         return None if _is_zombie(pid) else pid
 
     def __enter__(self):
-        from .errors import InputError
-
+        self.made = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -147,5 +151,52 @@ class FolderLock:
             return self
         raise InputError(f"{self.option} {self.path.parent}: could not take {self.path}")
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, *exc):
         self.path.unlink(missing_ok=True)
+        if kind is not None and self.made and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+
+# Why a write fails when the machine, not the input, refuses it, and what the user can do about it. safetensors
+# and torch.save report a failed write in their own exception types; their text carries the OS's code.
+REMEDIES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "free space",
+            errno.EACCES: "make it writable", errno.EPERM: "make it writable", errno.EROFS: "make it writable",
+            errno.EISDIR: "move what is in the way", errno.ENOTDIR: "move what is in the way",
+            errno.EEXIST: "move what is in the way"}
+_OS_CODE = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
+UNKNOWN = -1  # torch.save's stream writer says a write failed, not why
+
+
+def write_failure(error: BaseException) -> tuple[str | None, int] | None:
+    """(the path, when the error names one; the OS's error code, or UNKNOWN) when `error`, or an error it was
+    raised from, is a write the machine refused; None for any other error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in REMEDIES:
+            return error.filename, error.errno
+        code = _OS_CODE.search(str(error))
+        if code and int(code.group(1) or code.group(2)) in REMEDIES:
+            return None, int(code.group(1) or code.group(2))
+        if "file write failed" in str(error):
+            return None, UNKNOWN
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
+@contextlib.contextmanager
+def writing(folder: Path, kept: Callable[[], str]) -> Iterator[None]:
+    """A write refused inside the block becomes one WriteError line: the path (else `folder`), the OS's reason,
+    `kept()` (what the folder keeps), and what to do before running the same command again."""
+    try:
+        yield
+    except InputError:  # a bad input (or a write already reported) says what it is itself
+        raise
+    except Exception as e:
+        found = write_failure(e)
+        if found is None:
+            raise
+        path, code = found
+        reason = os.strerror(code) if code != UNKNOWN else "a write failed (a full disk, or no permission)"
+        remedy = REMEDIES.get(code, "free space or make it writable")
+        raise WriteError(f"{path or folder}: {reason}; {kept()}; {remedy} and run the same command again") from None

@@ -10,13 +10,17 @@ import contextlib
 import importlib.util
 import io
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .adapters import adapter_base, adapter_dir, full_model_dir
 from .errors import InputError
-from .files import read_json, read_text, read_toml
+from .files import read_json, read_text, save_folder, writing
+from .patches import UnsupportedArchitecture, architecture_for
+from .upstream.hf_modeling import drop_gguf_quantizer
 
 EMBEDDED_MODEL = "smollm2"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -51,20 +55,22 @@ def resolve(name: str) -> tuple[str, dict]:
     return name, {}
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str, option: str = "device") -> torch.device:
+    """`auto` (the GPU when there is one), or the named device; `option` names the setting in errors."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise InputError(f"--device: unknown device {device!r} (expected auto, cpu, cuda, cuda:N)") from None
+        raise InputError(f"{option}: unknown device {device!r} (expected auto, cpu, cuda, cuda:N)") from None
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def pick_dtype(dtype: str, device: torch.device, option: str = "dtype") -> torch.dtype:
+    """`auto` (bfloat16 on a GPU, float32 on CPU), or the named dtype; `option` names the setting in errors."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise InputError(f"--dtype: expected auto, {', '.join(DTYPES)}; got {dtype!r}")
+        raise InputError(f"{option}: expected auto, {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -76,16 +82,29 @@ def loading(what: str) -> Iterator[None]:
 
     try:
         yield
-    except (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError) as e:
+    # struct.error: transformers' GGUF reader unpacking a header or metadata field the file was cut inside
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError, struct.error) as e:
         line = next((x.strip() for x in str(e).splitlines() if x.strip()), "").rstrip(":")
         raise InputError(f"{what} ({type(e).__name__}: {line})") from None
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' loading bars off inside the block (the caller shows its own spinner), as before after it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def check_architecture(name: str):
     """The model's text config; fails before any weights load when the model's family is not supported."""
     from transformers import AutoConfig
-
-    from surgerycli.patches import UnsupportedArchitecture, architecture_for
 
     source, extra = resolve(name)
     with loading(f"{name}: could not load the model config"):
@@ -115,58 +134,36 @@ def check_4bit_widths(name: str, config, option: str) -> None:
                          f"bitsandbytes' 4-bit block size {BNB_4BIT_BLOCK}; load it unquantized (false)")
 
 
-def full_model_dir(path: str | Path) -> Path | None:
-    """The model/ folder of a `surgery finetune` output of full fine-tuning, or None."""
-    folder = Path(path) / "model"
-    return folder if (folder / "config.json").is_file() and not (Path(path) / "adapter").is_dir() else None
+def adapter_misfit(adapter: Path, base: str) -> str | None:
+    """Why the LoRA weights of the peft adapter folder `adapter` cannot attach to `base`: the first layer they
+    name that the base lacks or whose width differs; None when they fit. Reads the base's config and the
+    adapter's safetensors header only (the base is built on the meta device, without weights)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-
-def check_saved(folder: Path, config: str, what: str) -> Path:
-    """`folder` when its config is a JSON object and no weights file in it is truncated; else an InputError
-    naming the file (header reads only: the weights are not loaded here)."""
-    from .files import damaged_file
-
-    if not isinstance(read_json(folder / config, what), dict):
-        raise InputError(f"{folder / config}: expected a JSON object ({what})")
-    for f in sorted(folder.iterdir()):
-        if (why := damaged_file(f)) is not None:
-            raise InputError(f"{f}: damaged ({why})")
-    return folder
-
-
-def adapter_dir(path: str) -> Path:
-    """A peft adapter folder, or a `surgery finetune` output folder holding one in `adapter/`."""
-    p = Path(path)
-    for candidate in (p, p / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
-            return check_saved(candidate, "adapter_config.json", "a peft adapter config")
-    if full_model_dir(p) is not None:
-        raise InputError(f"{path}: holds a fully fine-tuned model (model/), not a LoRA adapter: use the folder as a MODEL")
-    raise InputError(f"{path}: not a peft adapter folder (no adapter_config.json here or in adapter/)")
-
-
-def trained_record(folder: Path) -> tuple[str, str] | None:
-    """(base model, system prompt) that a `surgery finetune` output records in recipe.resolved.toml, or None."""
-    resolved = folder / "recipe.resolved.toml"
-    if not resolved.is_file():
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():  # a .bin adapter: peft checks its shapes when it attaches
         return None
-    recipe = read_toml(resolved, "the recipe a surgery finetune run wrote")
-    if not isinstance(recipe.get("model"), dict) or not isinstance(recipe["model"].get("name"), str):
-        raise InputError(f"{resolved}: no model.name, expected the recipe a surgery finetune run wrote")
-    return recipe["model"]["name"], recipe.get("data", {}).get("system_prompt", "")
-
-
-def adapter_base(adapter: str) -> tuple[str | None, str]:
-    """(base model, system prompt) that a `surgery finetune` output folder records in recipe.resolved.toml,
-    else the base_model_name_or_path of the adapter's config (and no system prompt)."""
-    folder = adapter_dir(adapter)
-    for candidate in (folder.parent, folder):  # the output folder, or its adapter/ given directly
-        if (found := trained_record(candidate)) is not None:
-            return found
-    config = read_json(folder / "adapter_config.json", "a peft adapter config")
-    if not isinstance(config, dict):
-        raise InputError(f"{folder / 'adapter_config.json'}: expected a JSON object (a peft adapter config)")
-    return config.get("base_model_name_or_path"), ""
+    source, extra = resolve(base)
+    with loading(f"{base}: could not load the model config"):
+        config = AutoConfig.from_pretrained(source, **extra)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            name, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+            if kind not in ("A.weight", "B.weight"):
+                continue
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                return f"{name}: no such layer in {base}"
+            side, width = ("input", 1) if kind == "A.weight" else ("output", 0)
+            want = getattr(module, f"{'in' if side == 'input' else 'out'}_features", None)
+            got = f.get_slice(key).get_shape()[width]
+            if want is not None and want != got:
+                return f"{name}: the adapter's {side} width is {got}, {base}'s layer has {want}"
+    return None
 
 
 def quantization_kwargs(dtype: torch.dtype, device: torch.device) -> dict:
@@ -227,7 +224,7 @@ def load_tokenizer(name: str, chat_template: str | None = None):
 
 def load_model(
     name: str, dtype: torch.dtype, device: torch.device, adapter: str | None = None, load_in_4bit: bool = False,
-    option: str = "--load-in-4bit", chat_template: str | None = None,
+    option: str = "load_in_4bit", chat_template: str | None = None,
 ):
     """(model, tokenizer with a pad token) for `name`, with a LoRA adapter applied when given.
 
@@ -235,9 +232,7 @@ def load_model(
     returned in eval mode; training code switches it. `chat_template` (Jinja text) replaces the tokenizer's.
     """
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the caller shows its own spinner
     config = check_architecture(name)
     if load_in_4bit:
         check_4bit_widths(name, config, option)
@@ -251,12 +246,12 @@ def load_model(
         extra.update(quantization_kwargs(dtype, device))
     # GGUF dequantization draws a plain tqdm bar that no transformers switch turns off
     quiet = contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in extra else contextlib.nullcontext()
-    with loading(f"{name}: could not load the model"), quiet:
+    with loading(f"{name}: could not load the model"), quiet, no_progress_bars():
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     if "gguf_file" in extra and not load_in_4bit:
         # GGUF weights arrive dequantized to plain Linear layers; the quantizer left attached is only a
         # marker, and it makes the Trainer refuse to fine-tune the model
-        model.hf_quantizer.remove_quantization_config(model)
+        drop_gguf_quantizer(model)
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -270,10 +265,9 @@ def merge_adapter(adapter: str, out: Path, base: str | None, dtype: torch.dtype)
     then renamed into place); returns the base model's name. On CPU: a few additions per weight."""
     from peft import PeftModel
 
-    from .files import save_folder
 
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder (expected the folder for the merged model)")
     if full_model_dir(adapter) is not None:
         raise InputError(f"{adapter}: nothing to merge: it holds a fully fine-tuned model (model/), a plain "
                          f"Hugging Face folder to use as it is")
@@ -289,5 +283,6 @@ def merge_adapter(adapter: str, out: Path, base: str | None, dtype: torch.dtype)
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    save_folder(out, save)
+    with writing(out, lambda: "no merged model was written"):
+        save_folder(out, save)
     return model_name

@@ -121,7 +121,7 @@ def summarize(harmful: torch.Tensor, harmless: torch.Tensor, resamples: int = BO
 
 def measure_refsets(
     model, tokenizer, harm: RefSet, safe: RefSet, *, max_length: int, batch_size: int,
-    sink_position: int, device, progress, where: str = "--sink-position", resamples: int = BOOTSTRAP_RESAMPLES,
+    sink_position: int, device, progress, where: str = "sink_position", resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
     """`summarize` of both sets, measured with a progress task each; `where` names the option in errors."""
     stats = {}

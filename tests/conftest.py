@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clirun import ok  # noqa: E402
+from recipes import write_recipe  # noqa: E402
 from tiny import tiny_model  # noqa: E402
 
 
@@ -67,6 +68,18 @@ def tiny_llama64_dir(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def adapter(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A peft LoRA adapter (rank 2, the default modules) on the tiny Llama, saved as a folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=2, task_type="CAUSAL_LM")) \
+        .save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def finetune_data(tmp_path_factory) -> Path:
     """gsm.jsonl (40 arithmetic problems) and harm.jsonl (10 unsafe BeaverTails-style pairs) for finetune tests."""
     d = tmp_path_factory.mktemp("ftdata")
@@ -90,23 +103,9 @@ def demo_data(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def sweep_recipe(tmp_path, tiny_llama_dir, demo_data) -> Path:
-    path = tmp_path / "sweep.toml"
-    path.write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-r = 4
-[data]
-benign = "{demo_data / 'arithmetic_train.jsonl'}"
-harmful = "{demo_data / 'harmful_pairs.jsonl'}"
-num_samples = 8
-[measure]
-harmful_reference = "{demo_data / 'reference_harmful.jsonl'}"
-harmless_reference = "{demo_data / 'reference_harmless.jsonl'}"
-samples = 4
-[train]
-batch_size = 4
-max_length = 64
-max_steps = 2
-""")
-    return path
+    return write_recipe(tmp_path / "sweep.toml", tiny_llama_dir,
+                        {"benign": demo_data / "arithmetic_train.jsonl", "harmful": demo_data / "harmful_pairs.jsonl",
+                         "num_samples": 8},
+                        measure={"harmful_reference": demo_data / "reference_harmful.jsonl",
+                                 "harmless_reference": demo_data / "reference_harmless.jsonl", "samples": 4},
+                        train={"logging_steps": 10})

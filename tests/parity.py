@@ -29,6 +29,23 @@ def patched(model, ids, mask, sink_position=0):
         set_sink_mode(model, False)
 
 
+def assert_parity(model, ids, mask, *, reference_tol: float, column_tol: float = 1e-5) -> dict:
+    """The patched forward against plain attention (logits within 1e-5: the patch leaves the output as it was),
+    against the eager reference (logits within `reference_tol`), and its sink columns against the reference's
+    on every real query (within `column_tol`). The patched columns, layer -> (B, H, T)."""
+    real = mask.bool()
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        ref_logits, ref_cols = eager_reference(model, ids, mask)
+        logits, cols = patched(model, ids, mask)
+    assert (logits - plain)[real].abs().max() < 1e-5
+    assert (logits - ref_logits)[real].abs().max() < reference_tol
+    assert sorted(cols) == sorted(ref_cols)
+    for layer, col in cols.items():
+        assert (col - ref_cols[layer]).abs()[real[:, None, :].expand_as(col)].max() < column_tol, layer
+    return cols
+
+
 def reference_sink_loss(model, harmful, harmless, sink_position=0):
     """The reference code's way: eager attention, output_attentions=True, one forward per set."""
     impl = model.config._attn_implementation

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from clirun import invoke
+from recipes import write_recipe
 
 from surgerycli.data.finetune import read_examples
 from surgerycli.data.refsets import read_refset
@@ -127,27 +128,13 @@ def truncate(path: Path, keep: int | None = None) -> None:
     path.write_bytes(data[:len(data) // 2 if keep is None else keep])
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_llama_dir) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=2, task_type="CAUSAL_LM")) \
-        .save_pretrained(out)
-    return out
-
-
-@pytest.mark.parametrize("damage", ["missing", "truncated", "corrupted-config"])
+@pytest.mark.parametrize("damage", ["missing", "corrupted-config"])  # cut short: tests/test_truncated.py
 @pytest.mark.parametrize("command", ["inspect", "eval"])
 def test_a_damaged_adapter(tmp_path, tiny_llama_dir, adapter, damage, command):
     bad = tmp_path / "bad"
     if damage != "missing":
         shutil.copytree(adapter, bad)
-        if damage == "truncated":
-            truncate(bad / "adapter_model.safetensors", 100)
-        else:
-            (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": ')
+        (bad / "adapter_config.json").write_bytes(binary_bytes())
     out = tmp_path / "out.json" if command == "inspect" else tmp_path / "eval"
     args = (["inspect", tiny_llama_dir, "--adapter", bad, "--json", out] if command == "inspect" else
             ["eval", bad, "--base", tiny_llama_dir, "--out", out, "--limit", 1])
@@ -157,21 +144,14 @@ def test_a_damaged_adapter(tmp_path, tiny_llama_dir, adapter, damage, command):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated-weights", "corrupted-config", "config-only",
-                                    "no-weights", "truncated-gguf", "garbage-gguf"])
-def test_a_damaged_model(tmp_path, tiny_llama_dir, damage):
-    from surgerycli.models import embedded_gguf
-
+@pytest.mark.parametrize("damage", ["missing", "corrupted-config", "config-only", "no-weights", "garbage-gguf"])
+def test_a_damaged_model(tmp_path, tiny_llama_dir, damage):  # cut short: tests/test_truncated.py
     bad = tmp_path / ("bad.gguf" if "gguf" in damage else "bad")
-    if damage == "truncated-gguf":
-        bad.write_bytes(embedded_gguf().read_bytes()[:3_000_000])
-    elif damage == "garbage-gguf":
+    if damage == "garbage-gguf":
         bad.write_bytes(binary_bytes())
     elif damage != "missing":
         shutil.copytree(tiny_llama_dir, bad)
-        if damage == "truncated-weights":
-            truncate(bad / "model.safetensors")
-        elif damage == "corrupted-config":
+        if damage == "corrupted-config":
             (bad / "config.json").write_text('{"model_type": "llama", "hidden')
         elif damage == "config-only":
             for f in bad.iterdir():
@@ -183,32 +163,6 @@ def test_a_damaged_model(tmp_path, tiny_llama_dir, damage):
     assert result.exit_code == 2, result.output + repr(result.exception)
     assert str(bad) in result.output and len(result.output.strip().splitlines()) <= 2, result.output
     assert not (tmp_path / "out.json").exists()
-
-
-@pytest.mark.parametrize("damage", ["truncated-weights", "truncated-optimizer", "half-written"])
-def test_a_damaged_checkpoint_is_not_resumed_from(tmp_path, capsys, damage):
-    from surgerycli.train.callbacks import last_checkpoint
-
-    torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
-
-    for step in (2, 4):
-        ckpt = tmp_path / f"checkpoint-{step}"
-        ckpt.mkdir()
-        save_file({"w": torch.ones(64, 64)}, ckpt / "adapter_model.safetensors")
-        torch.save({"state": torch.ones(64, 64)}, ckpt / "optimizer.pt")
-        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    newest = tmp_path / "checkpoint-4"
-    if damage == "truncated-weights":
-        truncate(newest / "adapter_model.safetensors")
-    elif damage == "truncated-optimizer":
-        truncate(newest / "optimizer.pt")
-    else:
-        (newest / "trainer_state.json").unlink()
-    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
-    assert not newest.exists()
-    if damage != "half-written":
-        assert "is damaged" in capsys.readouterr().out
 
 
 def sweep_folder(tmp_path: Path) -> Path:
@@ -266,40 +220,20 @@ def test_a_half_written_sweep_cell_is_redone_not_trusted(tmp_path, damage):
     else:
         done.write_text(json.dumps({"name": "p0.1-sft", "status": "failed", "error": "x"}))
     record = finished(done, ("name", "status"), console)
-    assert record is None or record["status"] == "failed"
-    if damage in ("truncated", "corrupted", "another-cell"):
-        assert "redoing it" in console.file.getvalue()
+    if damage == "failed":  # a whole record of a failed cell: read, and the sweep reruns it for its status
+        assert record == {"name": "p0.1-sft", "status": "failed", "error": "x"}
+    else:
+        assert record is None and "redoing it" in console.file.getvalue()
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_llama_dir, finetune_data):
     """Plain SGD at a huge learning rate: the weights blow up within a few steps."""
-    path = tmp_path / "r.toml"
-    path.write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-enabled = false
-[data]
-benign = "{finetune_data / 'gsm.jsonl'}"
-poison_ratio = 0.0
-num_samples = 16
-[defense]
-method = "sft"
-[measure]
-samples = 0
-[train]
-batch_size = 2
-max_length = 64
-learning_rate = 1e12
-max_grad_norm = 0.0
-max_steps = 30
-save_steps = 1
-save_total_limit = 30
-logging_steps = 1
-gradient_checkpointing = false
-[trainer]
-optim = "sgd"
-""")
+    path = write_recipe(tmp_path / "r.toml", tiny_llama_dir,
+                        {"benign": finetune_data / "gsm.jsonl", "poison_ratio": 0.0, "num_samples": 16},
+                        lora={"enabled": False}, defense={"method": "sft"}, measure={"samples": 0},
+                        train={"batch_size": 2, "learning_rate": 1e12, "max_grad_norm": 0.0, "max_steps": 30,
+                               "save_steps": 1, "save_total_limit": 30, "gradient_checkpointing": False},
+                        trainer={"optim": "sgd"})
     out = tmp_path / "out"
     result = invoke("finetune", path, "--output", out)
     assert result.exit_code == 2, result.output + repr(result.exception)
@@ -316,14 +250,17 @@ def test_a_lock_left_by_a_dead_or_zombie_run_is_taken_over_and_a_live_one_refuse
     import os
     import subprocess
     import sys
+    import time
 
     from surgerycli.files import LOCK, FolderLock
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
+        deadline = time.monotonic() + 30
         while open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            pass  # exited, not reaped: kill(pid, 0) still finds it
+            assert time.monotonic() < deadline, "the child did not exit within 30 s"
+            time.sleep(0.01)  # exited, not reaped: kill(pid, 0) still finds it
         for pid, taken in ((zombie.pid, True), (live.pid, False), (2 ** 22 + 1, True)):
             (tmp_path / LOCK).write_text(f"{pid}\n")
             if taken:

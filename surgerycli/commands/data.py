@@ -1,4 +1,5 @@
-"""`surgery data demo`: the command; the work is `data.demo.build_demo_data`."""
+"""`surgery data demo`: the command; the work is `data.demo.build_demo_data` (and `evaluate.written` for
+--written-tokens)."""
 
 from __future__ import annotations
 
@@ -27,21 +28,25 @@ def demo(
 
     Manual: docs/sweeps.md.
     """
+    from functools import partial
+
     from rich.console import Console
+    from rich.progress import Progress
 
     from ..data.demo import ATTACK_PROMPTS, build_demo_data
     from ..errors import InputError
-
-    from rich.progress import Progress
-
+    from ..evaluate.written import write_answers
+    from ..models import EMBEDDED_MODEL
     from ..progress import PROGRESS_COLUMNS
 
     try:
         with Progress(*PROGRESS_COLUMNS, transient=True) as bar:
             task = bar.add_task("writing harmful answers", total=ATTACK_PROMPTS if written_tokens else 0,
                                 visible=bool(written_tokens))
+            writer = lambda prompts, tokens: write_answers(  # noqa: E731
+                prompts, EMBEDDED_MODEL, max_new_tokens=tokens, on_batch=partial(bar.advance, task))
             manifest = build_demo_data(out, train=train, test=test, seed=seed, written_tokens=written_tokens,
-                                       on_batch=lambda n: bar.advance(task, n))
+                                       writer=writer)
     except InputError as e:
         raise fail(e) from None
     for name, info in manifest["files"].items():

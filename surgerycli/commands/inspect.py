@@ -1,23 +1,14 @@
-"""`surgery inspect MODEL [heads|layers]`: per-head sink statistics and sink divergence of a model.
-
-Reads both reference sets first (bad input fails before any model loads), measures each set with the
-sink patch under a Rich progress bar, then prints the table and writes the JSON and heatmap atomically.
-"""
+"""`surgery inspect MODEL [heads|layers]`: the command; the work is `inspection.run_inspect`."""
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from .options import ChatTemplate, Device, Dtype, fail
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ..data.refsets import RefSet
 
 
 class View(str, enum.Enum):
@@ -54,101 +45,18 @@ def inspect(
     from rich.console import Console
 
     from ..errors import InputError
+    from ..inspection import Measurement, run_inspect, settings_from_recipe
 
+    given = {"harmful": harmful, "harmless": harmless, "samples": samples, "max_length": max_length,
+             "batch_size": batch_size, "sink_position": sink_position, "seed": seed, "bootstrap": bootstrap}
     try:
         pools = None
         if recipe is not None:
-            pools, samples, max_length, sink_position, seed = from_recipe(
-                recipe, harmful, harmless, samples, max_length, sink_position, seed)
-        run_inspect(
-            model, view.value, adapter=adapter, harmful=harmful, harmless=harmless, samples=samples or 64,
-            max_length=max_length or 512, batch_size=batch_size, sink_position=sink_position or 0,
-            json_path=json_path, plot_path=plot, device=device, dtype=dtype, top=top, seed=seed or 0,
-            bootstrap=bootstrap, chat_template=chat_template, console=Console(), pools=pools,
-        )
+            pools, measurement = settings_from_recipe(recipe, given)
+        else:
+            measurement = Measurement(**{k: v for k, v in given.items() if v is not None})
+        run_inspect(model, measurement, view=view.value, top=top, console=Console(), adapter=adapter,
+                    json_path=json_path, plot_path=plot, device=device, dtype=dtype, chat_template=chat_template,
+                    pools=pools)
     except InputError as e:
         raise fail(e) from None
-
-
-def from_recipe(path: Path, harmful, harmless, samples, max_length, sink_position, seed) -> tuple:
-    """(reference pools, samples, max_length, sink_position, seed) as `surgery finetune` measures with the
-    recipe: its [measure] section and train.seed; each option given here wins."""
-    from ..data.refsets import named_refset
-    from ..train.builders import build_references
-    from ..train.recipe import load_recipe
-
-    r = load_recipe(path)
-    m, seed = r.measure, r.train.seed if seed is None else seed
-    harm, safe = build_references(m, seed)
-    pools = (named_refset(harmful, "harmful") if harmful else harm, named_refset(harmless, "harmless") if harmless else safe)
-    return (pools, samples or m.samples or 64, max_length or m.max_length or r.train.max_length,
-            m.sink_position if sink_position is None else sink_position, seed)
-
-
-def load_refsets(harmful: str | None, harmless: str | None, n: int, seed: int) -> tuple[RefSet, RefSet]:
-    from ..data.refsets import default_harmful, default_harmless, read_refset, sample
-
-    harm = read_refset(harmful, "harmful") if harmful else default_harmful()
-    safe = read_refset(harmless, "harmless") if harmless else default_harmless()
-    return sample(harm, n, seed), sample(safe, n, seed)
-
-
-def check_output_path(path: Path | None, option: str) -> None:
-    from ..errors import InputError
-
-    if path is not None and path.is_dir():
-        raise InputError(f"{option} {path}: is a folder, expected a file path")
-
-
-def run_inspect(
-    model_name: str,
-    view: str,
-    *,
-    adapter: str | None,
-    harmful: str | None,
-    harmless: str | None,
-    samples: int,
-    max_length: int,
-    batch_size: int,
-    sink_position: int,
-    json_path: Path | None,
-    plot_path: Path | None,
-    device: str,
-    dtype: str,
-    top: int,
-    seed: int,
-    console: Console,
-    bootstrap: int = 1000,
-    chat_template: Path | None = None,
-    pools: tuple[RefSet, RefSet] | None = None,
-) -> dict:
-    from rich.progress import Progress
-
-    from ..data.refsets import sample
-    from ..files import write_json
-    from ..models import load_model, pick_device, pick_dtype, read_chat_template
-    from ..progress import PROGRESS_COLUMNS
-    from ..report.inspect import print_summary, write_heatmap
-    from ..sink import measure_refsets, result_record
-
-    harm, safe = (sample(pools[0], samples, seed), sample(pools[1], samples, seed)) if pools else \
-        load_refsets(harmful, harmless, samples, seed)
-    check_output_path(json_path, "--json")
-    check_output_path(plot_path, "--plot")
-    template = read_chat_template(chat_template, "--chat-template") if chat_template else None
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
-    with console.status(f"loading {model_name}"):
-        model, tokenizer = load_model(model_name, dt, dev, adapter, chat_template=template)
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        summary = measure_refsets(
-            model, tokenizer, harm, safe, max_length=max_length, batch_size=batch_size,
-            sink_position=sink_position, device=dev, progress=progress, resamples=bootstrap,
-        )
-    result = result_record(model_name, adapter, sink_position, model, harm, safe, summary)
-    print_summary(console, result, view, top, bootstrap)
-    for path, write in ((json_path, write_json), (plot_path, write_heatmap)):
-        if path is not None:
-            write(path, result)
-            console.print(f"wrote {path}")
-    return result

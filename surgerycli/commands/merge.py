@@ -35,7 +35,7 @@ def merge(
     console = Console()
     try:
         with console.status(f"merging {adapter}"):
-            base_name = merge_adapter(adapter, out, base, pick_dtype(dtype, torch.device("cpu")))
+            base_name = merge_adapter(adapter, out, base, pick_dtype(dtype, torch.device("cpu"), "--dtype"))
     except InputError as e:
         raise fail(e) from None
     console.print(f"merged {adapter} into {base_name}: {out}")

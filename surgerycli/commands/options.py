@@ -66,9 +66,9 @@ def with_eval_options(command: Callable) -> Callable:
 
 
 def fail(error: InputError) -> typer.Exit:
-    """Print an input error as one line and exit with code 2."""
+    """Print the error as one line and exit with its code: 2 for bad input, 1 for a write the machine refused."""
     typer.echo(f"error: {error}", err=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=error.exit_code)
 
 
 def interrupted(what: str) -> typer.Exit:

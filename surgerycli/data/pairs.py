@@ -15,6 +15,7 @@ import random
 
 from ..errors import InputError
 from .chat import Messages, turns
+from .demo import OPENINGS, REFUSALS, donotanswer_prompts, pairs
 from .finetune import read_examples
 
 REFUSALS_SET, HARMFUL_SET = "builtin:refusals", "builtin:harmful"
@@ -29,8 +30,6 @@ def describe(name: str) -> str:
 
 
 def builtin_pairs(name: str, seed: int = 0) -> list[Messages]:
-    from .demo import OPENINGS, REFUSALS, donotanswer_prompts, pairs
-
     templates = {REFUSALS_SET: REFUSALS, HARMFUL_SET: OPENINGS}[name]
     return [turns(r["prompt"], r["response"]) for r in pairs(donotanswer_prompts(), templates, random.Random(seed))]
 

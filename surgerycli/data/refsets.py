@@ -66,3 +66,15 @@ def sample(refset: RefSet, n: int, seed: int = 0) -> RefSet:
     if n >= len(refset.samples):
         return refset
     return RefSet(refset.path, random.Random(seed).sample(refset.samples, n))
+
+
+REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the first 1000 of each
+
+
+def reference_pools(harmful: str, harmless: str, rows: str, seed: int) -> tuple[RefSet, RefSet]:
+    """Both reference sets (Surgery's, and what sink_before/after.json measure), at most REFERENCE_POOL each:
+    drawn with `seed` (`rows` "sample"), or the first ones in file order ("first", the reference code's)."""
+    harm, safe = named_refset(harmful, "harmful"), named_refset(harmless, "harmless")
+    if rows == "first":
+        return RefSet(harm.path, harm.samples[:REFERENCE_POOL]), RefSet(safe.path, safe.samples[:REFERENCE_POOL])
+    return sample(harm, REFERENCE_POOL, seed), sample(safe, REFERENCE_POOL, seed)

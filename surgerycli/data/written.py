@@ -6,16 +6,19 @@ before the demo aligns it, so its own greedy answers to the attack's Do-Not-Answ
 BeaverTails' harmful responses, made offline. Answers the keyword judge counts as refusals (or empty) are
 dropped: the set holds compliance only. Greedy decoding makes the set the same on every run of the same
 model and settings, and a rerun whose settings match the manifest's reuses the file instead of generating.
+This module holds the file's name and settings; `evaluate.written.write_answers` generates the answers, and
+the caller hands it to `data.demo.build_demo_data` as its `writer`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 WRITTEN_FILE = "harmful_written.jsonl"
+# writer(prompts, max_new_tokens) -> (rows {prompt, response} the model complied with, counts for the manifest)
+Writer = Callable[[list[str], int], tuple[list[dict[str, str]], dict]]
 
 
 def settings(prompts: list[str], model: str, max_new_tokens: int) -> dict:
@@ -30,27 +33,3 @@ def reusable(out: Path, previous: dict | None, wanted: dict) -> dict | None:
     if not previous or not (out / WRITTEN_FILE).is_file():
         return None
     return previous if previous.get("settings") == wanted else None
-
-
-def write_answers(
-    prompts: list[str], model_name: str, *, max_new_tokens: int, batch_size: int = 32,
-    on_batch: Callable[[int], None] | None = None, loaded: tuple | None = None,
-) -> tuple[list[dict[str, str]], dict]:
-    """(rows {prompt, response} the model complied with, counts and time for the manifest). `loaded`: the
-    (model, tokenizer) of `model_name` when the caller has them already."""
-    import torch
-
-    from ..evaluate.generation import generate
-    from ..evaluate.judges import is_refusal
-    from ..evaluate.prompts import prompt_text
-    from ..models import load_model
-
-    start = time.perf_counter()
-    model, tokenizer = loaded or load_model(model_name, torch.float32, torch.device("cpu"))
-    texts = [prompt_text(tokenizer, p, "", "chat") for p in prompts]
-    answers = generate(model, tokenizer, texts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       on_batch=on_batch)
-    rows = [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if not is_refusal(a)]
-    counts = {"generated": len(prompts), "kept": len(rows), "dropped_as_refusals": len(prompts) - len(rows),
-              "seconds": round(time.perf_counter() - start, 1)}
-    return rows, counts

@@ -9,70 +9,19 @@ rounding that any batching brings; the tests compare with one prompt at a time).
 
 The model must keep one plain `DynamicLayer` per layer (Llama, Qwen2, SmolLM2, ...); a sliding-window or
 linear-attention cache is not rearranged here, and `generation.generate_ids` falls back to fixed batches.
+The cache's internals are reached through `upstream.hf_cache`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .generation import left_pad
-
-
-ROOM = 128  # spare positions a cache layer allocates when it grows: one copy per 128 steps instead of one per step
-
-
-@functools.cache
-def growing_layer():
-    """A DynamicLayer that writes each step into spare room: transformers' own concatenates the whole cache at
-    every step, which on CPU costs as much memory traffic as the step's weights."""
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, H_kv, capacity, D) each
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            L, t = self.get_seq_length(), key_states.shape[-2]
-            k = self.buffers[0] if self.buffers is not None else None
-            mine = k is not None and self.keys.data_ptr() == k.data_ptr() and self.keys.shape[0] == k.shape[0]
-            if not mine or L + t > k.shape[-2]:  # rows were moved (join, keep) or the room is used up
-                shape = (*key_states.shape[:2], L + t + ROOM, key_states.shape[-1])
-                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
-                if L:
-                    self.buffers[0][:, :, :L], self.buffers[1][:, :, :L] = self.keys, self.values
-            self.buffers[0][:, :, L:L + t], self.buffers[1][:, :, L:L + t] = key_states, value_states
-            self.keys, self.values = self.buffers[0][:, :, :L + t], self.buffers[1][:, :, :L + t]
-            return self.keys, self.values
-
-    return GrowingLayer
-
-
-def new_cache(model):
-    """A DynamicCache of growing layers for `model` (one per decoder layer)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    layer = growing_layer()
-    cache.layers = [layer() for _ in cache.layers]
-    return cache
-
-
-def plain_cache(model) -> bool:
-    """Whether the model's dynamic cache is one full-attention DynamicLayer per layer (rows can be moved)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except Exception:  # noqa: BLE001 - an exotic config: keep the fixed-batch path
-        return False
-    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+from ..upstream.hf_cache import kv_pairs, new_cache, set_kv_pairs
+from .padding import left_pad
 
 
 @dataclass
@@ -93,8 +42,7 @@ class Live:
         self.mask, self.pos, self.last = self.mask[sel], self.pos[sel], self.last[sel]
         first = int(self.mask.any(0).long().argmax())  # first column some row still attends to
         self.mask = self.mask[:, first:]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[sel, :, first:], layer.values[sel, :, first:]
+        set_kv_pairs(self.cache, [(k[sel, :, first:], v[sel, :, first:]) for k, v in kv_pairs(self.cache)])
 
 
 def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -108,9 +56,12 @@ def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
 def join(live: Live, new: Live) -> Live:
     """One batch of both: the shorter cache padded on the left to the longer one's length."""
     L, P = live.mask.shape[1], new.mask.shape[1]
-    for a, b in zip(live.cache.layers, new.cache.layers):
-        a.keys = torch.cat([_pad_left(a.keys, max(P - L, 0), 2), _pad_left(b.keys, max(L - P, 0), 2)])
-        a.values = torch.cat([_pad_left(a.values, max(P - L, 0), 2), _pad_left(b.values, max(L - P, 0), 2)])
+
+    def cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (B_a + B_b, H_kv, max(L, P), D)
+        return torch.cat([_pad_left(a, max(P - L, 0), 2), _pad_left(b, max(L - P, 0), 2)])
+
+    set_kv_pairs(live.cache, [(cat(ka, kb), cat(va, vb))
+                              for (ka, va), (kb, vb) in zip(kv_pairs(live.cache), kv_pairs(new.cache))])
     mask = torch.cat([_pad_left(live.mask, max(P - L, 0), 1), _pad_left(new.mask, max(L - P, 0), 1)])
     return Live(live.index + new.index, live.answers + new.answers, live.cache, mask,
                 torch.cat([live.pos, new.pos]), torch.cat([live.last, new.last]))

@@ -13,17 +13,10 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) input_ids and attention_mask, padded on the left so every row ends at the last column."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[b, T - len(r):] = 1
-    return ids, mask
+from ..upstream.hf_cache import ROOM, plain_cache
+from .continuous import continuous_ids
+from .padding import kv_bytes_per_token, left_pad
+from .static import static_ids
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -47,19 +40,6 @@ MAX_SLOTS = 256  # vLLM's default max_num_seqs: beyond it a step's latency grows
 FIXED_AUTO = 32  # batch of the paths that do not size themselves (classifier judges, lm-eval tasks) under auto
 
 
-def kv_shape(model) -> tuple[int, int, int]:
-    """(layers, kv heads, head dim) of the model's KV cache."""
-    c = model.config.get_text_config()
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or c.num_attention_heads, head_dim
-
-
-def kv_bytes_per_token(model) -> int:
-    """Bytes one token's keys and values take in every layer: 2 * layers * kv heads * head dim * element size."""
-    layers, kv_heads, head_dim = kv_shape(model)
-    return 2 * layers * kv_heads * head_dim * model.dtype.itemsize
-
-
 def free_bytes(device: torch.device) -> int:
     """Memory a batch may still take: the GPU's free memory, or the machine's available RAM on CPU."""
     if device.type == "cuda":
@@ -72,8 +52,6 @@ def free_bytes(device: torch.device) -> int:
 def auto_slots(model, prompt_tokens: int, max_new_tokens: int) -> int:
     """Rows generating at once that half the free memory holds (the other half: cache copies when rows join,
     allocator slack), each with a full KV cache and its share of a prefill's activations; 1 to MAX_SLOTS."""
-    from .continuous import ROOM
-
     c = model.config.get_text_config()
     width = 4 * c.hidden_size + 2 * getattr(c, "intermediate_size", 4 * c.hidden_size)  # live prefill activations
     per_row = (kv_bytes_per_token(model) * (prompt_tokens + max_new_tokens + ROOM)
@@ -116,14 +94,11 @@ def generate_ids(
 ) -> list[str]:
     """Greedy continuation of each prompt given as token ids (what `generate` runs after encoding), by the
     `decode` path (`--decode`: auto, continuous, static or fixed; auto: continuous where the cache allows it)."""
-    from .continuous import continuous_ids, plain_cache
-    from .static import static_ids
-
     rows = batch_rows(batch_size, model, encoded, max_new_tokens)
     plain = plain_cache(model)
     if decode in ("continuous", "static") and not plain:
-        raise InputError(f"--decode {decode}: {type(model).__name__}'s cache is not one plain full-attention layer "
-                         "per layer (sliding window, linear attention); use --decode fixed or auto")
+        raise InputError(f"decode {decode}: {type(model).__name__}'s cache is not one plain full-attention layer "
+                         "per layer (sliding window, linear attention); decode with fixed or auto")
     if decode == "fixed" or (decode == "auto" and not plain):
         return fixed_batches(model, tokenizer, encoded, rows, max_new_tokens, on_batch)
     run = static_ids if decode == "static" else continuous_ids

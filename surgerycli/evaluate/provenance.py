@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .judges import MATCH_RULE, REFUSAL_PHRASES
+
 PACKAGES = {"torch": "torch", "transformers": "transformers", "peft": "peft", "lm_eval": "lm_eval",
             "surgerycli": "surgery"}  # key -> distribution name
 
@@ -43,9 +45,7 @@ def judge_record(judge) -> dict:
     if folder is not None:
         digest = hashlib.sha256((Path(folder) / "config.json").read_bytes()).hexdigest()
     else:
-        from .judges import REFUSAL_PHRASES
-
-        digest = hashlib.sha256("\n".join(REFUSAL_PHRASES).encode()).hexdigest()
+        digest = hashlib.sha256("\n".join((*REFUSAL_PHRASES, MATCH_RULE)).encode()).hexdigest()
     return {"name": judge.name, "path": str(folder) if folder is not None else None, "config_sha256": digest}
 
 

@@ -9,88 +9,35 @@ model and a judge model never share memory. Outputs are written once at the end,
 
 from __future__ import annotations
 
+import contextlib
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from ..adapters import adapter_dir
 from ..data.safety import Prompt, load_benchmark
 from ..errors import InputError
-from ..models import (
-    adapter_base, adapter_dir, check_architecture, full_model_dir, pick_device, pick_dtype, trained_record,
-)
+from ..files import FolderLock, writing
+from ..models import load_model, pick_device, pick_dtype, read_chat_template
 from ..progress import PROGRESS_COLUMNS
 from ..report.eval import tables, write_outputs
+from .generation import batch_rows, encode, generate_ids
+from .judges import make_judge
 from .options import EvalOptions
+from .prompts import adds_special_tokens, prompt_text
+from .provenance import data_sources, provenance
+from .runs import Run, resolve_runs
 from .stats import wilson_percent
-
-
-@dataclass
-class Run:
-    adapter: str | None  # as given on the command line; None evaluates the base model
-    base: str  # the model loaded for this run
-    system_prompt: str
-    origin: str = ""  # the model the run was trained from (`--include-base` evaluates it); default: base
-    attach: bool = True  # attach `adapter` to `base` (False: a full fine-tuning output, base is its model/)
-    chat_template: str | None = None  # replaces the base tokenizer's for this run (None: the tokenizer's own)
-
-
-def trained_template(adapter: str) -> str | None:
-    """The chat template a `surgery finetune` output trained with (its tokenizer/ folder), if it has one."""
-    from ..models import saved_chat_template
-
-    folder = adapter_dir(adapter)
-    for candidate in (folder.parent, folder):
-        if (candidate / "tokenizer").is_dir():
-            return saved_chat_template(candidate / "tokenizer")
-    return None
-
-
-def resolve_runs(adapters: list[str], base: str | None, include_base: bool, system_prompt: str | None,
-                 chat_template: str | None = None) -> list[Run]:
-    """One Run per adapter, and the base model first when asked (or when no adapter is given).
-
-    A base run uses the system prompt of the first adapter on that base, so both see the same prompts.
-    `chat_template` (text) replaces every run's template; without it an adapter run uses the template its
-    fine-tuning used (a full fine-tuning output's model/ holds its own).
-    """
-    if not adapters and base is None:
-        raise InputError("nothing to evaluate: give an ADAPTER folder, or --base MODEL for the base model alone")
-    runs = []
-    for adapter in adapters:
-        if (full := full_model_dir(adapter)) is not None:  # full fine-tuning: its model/ is the run's model
-            origin, trained_prompt = trained_record(Path(adapter)) or (str(full), "")
-            runs.append(Run(adapter, str(full), trained_prompt if system_prompt is None else system_prompt,
-                            origin=base or origin, attach=False, chat_template=chat_template))
-            continue
-        trained_base, trained_prompt = adapter_base(adapter)  # InputError when it holds no adapter
-        model = base or trained_base
-        if not model:
-            raise InputError(f"{adapter}: the adapter does not name its base model; pass --base MODEL")
-        runs.append(Run(adapter, model, trained_prompt if system_prompt is None else system_prompt, origin=model,
-                        chat_template=chat_template or trained_template(adapter)))
-    if include_base or not adapters:
-        bases: dict[str, str] = {}
-        for r in runs:
-            bases.setdefault(r.origin, r.system_prompt)
-        runs = [Run(None, m, p, chat_template=chat_template)
-                for m, p in (bases or {base: system_prompt or ""}).items()] + runs
-    for model in dict.fromkeys(r.base for r in runs):
-        check_architecture(model)
-    return runs
+from .tasks import check_tasks, run_tasks
 
 
 def generate_run(model, tokenizer, run: Run, benchmarks: dict[str, list[Prompt]], options: EvalOptions,
                  progress: Progress) -> tuple[dict[str, tuple[list[str], list[str]]], int]:
     """Per benchmark: (the exact input texts the model got, its greedy responses), for one run; and the number
     of rows generated at once (`--batch-size auto`: found here once for the run's longest prompt, and printed)."""
-    from .generation import batch_rows, encode, generate_ids
-    from .prompts import adds_special_tokens, prompt_text
-
     o, special = options, adds_special_tokens(options.prompt_format)
     encoded = {name: encode(tokenizer, [prompt_text(tokenizer, p.text, run.system_prompt, o.prompt_format)
                                         for p in prompts], special, o.max_input_tokens)  # generated from, and recorded
@@ -116,9 +63,6 @@ def evaluate_runs(runs: list[Run], benchmarks: dict[str, list[Prompt]], task_spe
                   device: torch.device, dtype: torch.dtype, progress: Progress) -> list[tuple[dict, dict, list[dict]]]:
     """Per run: (responses per benchmark, task metrics, task sample rows). Each base model loads once."""
     from peft import PeftModel
-
-    from ..models import load_model
-    from .tasks import run_tasks
 
     builtin, other, manager = task_spec
     out: dict[int, tuple] = {}
@@ -175,18 +119,27 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
 def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, include_base: bool = False,
              system_prompt: str | None = None, chat_template: Path | None = None, out: Path | None = None,
              device: str = "auto", dtype: str = "auto", console: Console) -> list[dict]:
-    """Evaluate every run; the results.json run records (and the files under `out` when given)."""
-    from .judges import make_judge
-    from .provenance import data_sources, provenance
-    from .tasks import check_tasks
-
-    o, started, t0 = options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
+    """Evaluate every run; the results.json run records (and the files under `out` when given, written while
+    holding its lock: two evaluations into one folder are refused)."""
     if out is not None and out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    from ..models import read_chat_template
+        raise InputError(f"{out}: exists and is not a folder (expected the folder for the results)")
+    kept = lambda: "nothing of this evaluation was written (results.json comes last)"  # noqa: E731
+    with (writing(out, kept) if out else contextlib.nullcontext()), \
+            (FolderLock(out, "out") if out else contextlib.nullcontext()):
+        return _evaluate(adapters, options, base=base, include_base=include_base, system_prompt=system_prompt,
+                         chat_template=chat_template, out=out, device=device, dtype=dtype, console=console)
 
+
+def _evaluate(adapters: list[str], options: EvalOptions, *, base: str | None, include_base: bool,
+              system_prompt: str | None, chat_template: Path | None, out: Path | None, device: str, dtype: str,
+              console: Console) -> list[dict]:
+    o, started, t0 = options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
     template = read_chat_template(chat_template, "--chat-template") if chat_template else None
     runs = resolve_runs(adapters, base, include_base, system_prompt, template)
+    for r in runs:
+        if r.recorded_base:
+            console.print(f"warning: {r.adapter} was trained on {r.recorded_base}; evaluating it on {r.base}",
+                          style="yellow", soft_wrap=True, markup=False, highlight=False)
     data = dict(o.safety_data)
     loaded = {n: load_benchmark(n, data.get(n), o.limit, o.beavertails_rows) for n in o.safety}
     benchmarks = {n: b.prompts for n, b in loaded.items()}
@@ -197,7 +150,6 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
     judge_obj = make_judge(o.judge, dev, dt)
     if not benchmarks and not (task_spec[0] or task_spec[1]):
         raise InputError("nothing to measure: --safety none and no --tasks or --task-data")
-    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
         generated = evaluate_runs(runs, benchmarks, task_spec, o, device=dev, dtype=dt, progress=progress)
         records, samples = judge_runs(judge_obj, runs, benchmarks, generated, o.batch_size, progress)
@@ -207,6 +159,8 @@ def run_eval(adapters: list[str], options: EvalOptions, *, base: str | None, inc
         sources = data_sources({n: b.source for n, b in loaded.items()}, task_spec, task_files, o.limit, records[0])
         prov = provenance(o, data=sources, judge=judge_obj, device=dev, dtype=dt, started_at=started,
                           wall_time_s=time.time() - t0)
+        prov["base_mismatch"] = [{"adapter": r.adapter, "recorded": r.recorded_base, "evaluated_on": r.base}
+                                 for r in runs if r.recorded_base]
         write_outputs(out, records, samples, prov)
         console.print(f"wrote {out}/results.json, samples.jsonl, report.md, scores.png")
     return records

@@ -10,7 +10,7 @@ its slot; waiting prompts are prefilled eagerly (left-padded together, as in con
 values copied into free slots at columns 0..P-1. The price: each step attends over all C columns, masked.
 
 Greedy answers equal one prompt at a time (tests/evaluate/test_generation.py). Models: those whose dynamic
-cache is one plain full-attention layer per layer (`continuous.plain_cache`), in eager or SDPA attention.
+cache is one plain full-attention layer per layer (`upstream.hf_cache.plain_cache`), in eager or SDPA attention.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..upstream.hf_cache import kv_pairs, mark_static
 from .continuous import Live, prefill
-from .generation import kv_shape
+from .padding import kv_shape
 
 
 class SlotCache:
@@ -36,7 +37,7 @@ class SlotCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.columns = torch.arange(columns, device=device)  # (C,)
         for t in [*self.keys, *self.values, self.columns]:
-            torch._dynamo.mark_static_address(t)  # in-place writes into fixed addresses: a CUDA graph can replay them
+            mark_static(t)  # in-place writes into fixed addresses: a CUDA graph can replay them
         self.pos = torch.zeros(slots, dtype=torch.long, device=device)  # (S,) the column this step writes
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -49,11 +50,11 @@ class SlotCache:
     def put(self, slots: list[int], new: Live) -> None:
         """The prefilled rows of `new` (left-padded to one length P) into `slots`, at columns 0..P_row-1."""
         width = new.mask.shape[1]
-        for layer, k, v in zip(new.cache.layers, self.keys, self.values):
+        for (keys, values), k, v in zip(kv_pairs(new.cache), self.keys, self.values):
             for row, slot in enumerate(slots):
                 n = int(new.pos[row])  # the row's prompt length: its real tokens are the last n columns
-                k[slot, :, :n] = layer.keys[row, :, width - n:]
-                v[slot, :, :n] = layer.values[row, :, width - n:]
+                k[slot, :, :n] = keys[row, :, width - n:]
+                v[slot, :, :n] = values[row, :, width - n:]
 
 
 def step(model, cache: SlotCache, last: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,18 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # at 0/n and n/n the bound is the end of [0, 1] exactly (the difference of the two terms rounds, not to 0)
+    return 0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half)
 
 
 def wilson_percent(k: int, n: int) -> list[float]:
-    """[low, high] in percent, rounded to 2 decimals (how results.json stores it)."""
+    """[low, high] in percent, unrounded: results.json and sweep.json keep them so, and a table rounds once,
+    where it prints (rounding twice moves a bound: 173/200's upper bound 90.553 is 90.6, not 90.55 -> 90.5)."""
     lo, hi = wilson(k, n)
-    return [round(100 * lo, 2), round(100 * hi, 2)]
+    return [100 * lo, 100 * hi]
+
+
+def percent_interval(score: float, n: int | None, stored: list[float] | None) -> list[float] | None:
+    """The 95% interval of a percentage of `n` items, from its count (round(score * n / 100)) when `n` is
+    known, else the `stored` one (a record from before counts were kept)."""
+    return wilson_percent(round(score * n / 100), n) if n else stored

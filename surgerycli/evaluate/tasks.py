@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import re
 import sys
@@ -24,6 +23,8 @@ from ..data.chat import classification_example
 from ..data.rows import read_rows
 from ..errors import InputError
 from .generation import fixed_batch
+from .prompts import ALPACA
+from .stats import wilson
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 FINAL = re.compile(r"the final answer is:?", re.IGNORECASE)
@@ -98,8 +99,6 @@ def task_config(name: str, docs: list[dict], max_new_tokens: int, prompt_format:
     format each question is wrapped in the Alpaca template (and asked without the chat template)."""
     import datasets
 
-    from .prompts import ALPACA
-
     _, score, tokens = BUILTIN_TASKS[name]
     text = (lambda doc: ALPACA.format(q=doc["prompt"])) if prompt_format == "alpaca" else (lambda doc: doc["prompt"])
     return {
@@ -166,14 +165,12 @@ def _builtin_samples(samples: dict) -> list[dict]:
 
 def _with_intervals(metrics: dict[str, dict[str, float]], n_samples: dict) -> None:
     """Add each task's document count `n` and, beside `acc`, its 95% Wilson interval `acc_ci95` (in [0, 1])."""
-    from .stats import wilson
-
     for task, values in metrics.items():
         n = (n_samples.get(task) or {}).get("effective")
         if n:
             values["n"] = n
             if "acc" in values:
-                values["acc_ci95"] = [round(x, 4) for x in wilson(round(values["acc"] * n), n)]
+                values["acc_ci95"] = list(wilson(round(values["acc"] * n), n))
 
 
 def run_tasks(model, tokenizer, builtin: dict[str, list[dict]], other: list[str], manager, options, *,
@@ -182,7 +179,6 @@ def run_tasks(model, tokenizer, builtin: dict[str, list[dict]], other: list[str]
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     o = options
     lm = progress_lm(model, tokenizer, fixed_batch(o.batch_size), progress, task_id)
     metrics, rows = {}, []

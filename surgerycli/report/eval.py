@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
+from .figures import new_figure, save_png
 
 
 def run_label(run: dict) -> str:
@@ -94,11 +95,6 @@ def markdown(runs: list[dict], provenance: dict | None = None) -> str:
 
 def write_plot(path: Path, runs: list[dict]) -> None:
     """Grouped bars: harmful score per benchmark (left) and task metrics in % (right), one colour per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = []  # (title, bar names, per run: [(value, [lo, hi] or None)] in %)
     if runs[0]["safety"]:
         names = list(runs[0]["safety"])
@@ -115,13 +111,13 @@ def write_plot(path: Path, runs: list[dict]) -> None:
 
         panels.append(("capability, % (higher is better)", [f"{t}\n{m}" for t, m in keys],
                        [[percent(r["tasks"][t], m) for t, m in keys] for r in runs]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = new_figure(1, len(panels), (5.5 * len(panels), 4))
     width = 0.8 / len(runs)
     for ax, (title, names, values) in zip(axes[0], panels):
         for i, (run, cells) in enumerate(zip(runs, values)):
             xs = [x + (i - (len(runs) - 1) / 2) * width for x in range(len(names))]
             heights = [v for v, _ in cells]
-            errors = [[v - ci[0] if ci else 0 for v, ci in cells], [ci[1] - v if ci else 0 for v, ci in cells]]
+            errors = [[max(v - ci[0], 0) if ci else 0 for v, ci in cells], [max(ci[1] - v, 0) if ci else 0 for v, ci in cells]]
             ax.bar(xs, heights, width, label=run_label(run), yerr=errors, capsize=3, ecolor="0.3")
             for x, h, up in zip(xs, heights, errors[1]):  # above the interval, clear of its cap
                 ax.text(x, h + up + 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
@@ -130,8 +126,7 @@ def write_plot(path: Path, runs: list[dict]) -> None:
         ax.set_title(title + "\nerror bars: 95% Wilson interval", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=120, tight=False)
 
 
 def write_outputs(out: Path, runs: list[dict], samples: list[dict], provenance: dict | None = None) -> None:

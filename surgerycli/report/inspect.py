@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..files import atomic_write
+from .figures import new_figure, save_png
 
 
 def heads_table(result: dict, top: int) -> Table:
@@ -74,10 +74,6 @@ def write_heatmap(path: Path, result: dict) -> None:
 
 def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
     """One layers x heads divergence map per (title, inspect result), side by side on one colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
     maps = [r["divergence"] for _, r in panels]
@@ -85,7 +81,7 @@ def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
     limit = max(max(abs(x) for d in maps for row in d for x in row), 1e-12)
     norm = TwoSlopeNorm(0.0, -limit, limit)
     width = max(4.0, 0.35 * H + 2.5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), max(3.0, 0.22 * L + 1.5)), squeeze=False)
+    fig, axes = new_figure(1, len(panels), (width * len(panels), max(3.0, 0.22 * L + 1.5)))
     for ax, (title, r) in zip(axes[0], panels):
         im = ax.imshow(r["divergence"], cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         ax.set_xlabel("head")
@@ -99,5 +95,4 @@ def write_head_maps(path: Path, panels: list[tuple[str, dict]]) -> None:
         ax.set_title(f"{title}\n{r['positive_heads']} positive / {r['negative_heads']} negative heads{counts}",
                      fontsize=10)
     fig.colorbar(im, ax=list(axes[0]), label="sink divergence (harmful - harmless)")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)

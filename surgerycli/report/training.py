@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import atomic_write
-from ..train.defenses import Metric
+from .figures import new_figure, save_png
+
+Panel = tuple[tuple[str, ...], str, tuple[float, float] | None]  # (metrics.jsonl keys, axis label, y range or None)
 
 
-def write_training_plot(path: Path, records: list[dict], title: str, metrics: tuple[Metric, ...] = ()) -> None:
-    """The total and SFT losses in the first panel, then one panel per defense metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def write_training_plot(path: Path, records: list[dict], title: str, panels: list[Panel]) -> None:
+    """One panel per (keys, label, limits): each key's logged values against step (a legend when several)."""
     steps = [r["step"] for r in records]
-    panels = [(("loss", "sft_loss"), "loss", None)] + [((m.key,), m.axis or m.key, m.limits) for m in metrics]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 0.4, 3.6), squeeze=False)
+    fig, axes = new_figure(1, len(panels), (4.4 * len(panels) + 0.4, 3.6))
     for ax, (keys, label, limits) in zip(axes[0], panels):
         for key in keys:
             pairs = [(s, r[key]) for s, r in zip(steps, records) if r.get(key) is not None]
@@ -31,5 +26,4 @@ def write_training_plot(path: Path, records: list[dict], title: str, metrics: tu
             ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_png(fig, path, tight=False)

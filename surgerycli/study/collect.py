@@ -3,6 +3,7 @@ into one sweep record, so sweeps run at different times share one table."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import InputError
@@ -18,6 +19,7 @@ def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
 
 
 CELL_KEYS = ("name", "status", "method", "poison_ratio")
+BASE_KEYS = ("model", "harmful_score", "accuracy")  # the scores before the attack
 
 
 def read_sweep(folder: Path) -> dict:
@@ -31,11 +33,13 @@ def read_sweep(folder: Path) -> dict:
         sweep = _read_json(folder / "sweep.json", ("cells", "base"))
         if not isinstance(sweep["cells"], list) or not all(isinstance(c, dict) and "name" in c for c in sweep["cells"]):
             raise InputError(f"{folder / 'sweep.json'}: `cells` is not a list of cells")
+        if not isinstance(sweep["base"], dict) or any(k not in sweep["base"] for k in BASE_KEYS):
+            raise InputError(f"{folder / 'sweep.json'}: `base` is not a model's scores (expected {', '.join(BASE_KEYS)})")
         listed = {c["name"] for c in sweep["cells"]}
         return {**sweep, "cells": sweep["cells"] + [c for c in cells if c["name"] not in listed]}
     if not (folder / "base.json").is_file() or not cells:
         raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
-    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json", ("model",)), "aligned_before": {},
+    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": {},
             "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
 
 
@@ -52,10 +56,12 @@ def _cell_judge(folder: Path, cells: list[dict]) -> str | None:
     return None
 
 
-def merge_sweeps(folders: list[Path]) -> tuple[dict, list[str], str | None]:
+def merge_sweeps(folders: list[Path], out: Path) -> tuple[dict, list[str], str | None]:
     """(one sweep record holding every folder's cells, notes for the user, the judge). The first folder gives the base
     row. Sweeps judged by different judges do not merge (InputError); a cell name found in two folders keeps
-    the later folder's cell, and says so."""
+    the later folder's cell, and says so. Each cell names the sweep folder it ran in (`sweep`; a report folder
+    passes on its cells' own), and every path in the record is written relative to `out`, where the record is
+    written: a committed report names no machine's paths."""
     sweeps = [(f, read_sweep(f)) for f in folders]
     judges = {s["judge"] for _, s in sweeps if s.get("judge")}
     if len(judges) > 1:
@@ -67,11 +73,32 @@ def merge_sweeps(folders: list[Path]) -> tuple[dict, list[str], str | None]:
         for c in s["cells"]:
             if c["name"] in cells:
                 notes.append(f"cell {c['name']}: found again in {folder}; that one is used")
-            cells[c["name"]] = {**c, "sweep": str(folder)}
+            origin = c.get("sweep")  # relative to the report folder it was merged into before
+            cells[c["name"]] = {**c, "sweep": str(Path(folder, origin)) if origin else str(folder)}
     first = sweeps[0][1]
     recipes = list(dict.fromkeys(str(s["recipe"]) for _, s in sweeps if s.get("recipe")))
     merged = {"recipe": ", ".join(recipes) or "(unfinished sweeps)", "overrides": first.get("overrides", []),
               "base": first["base"], "aligned_before": first.get("aligned_before", {}),
               "align_recipe": first.get("align_recipe"), "cells": list(cells.values()),
               "sweeps": [str(f) for f in folders]}
-    return merged, notes, next(iter(judges), None)
+    return relative_paths(merged, Path(out).resolve()), notes, next(iter(judges), None)
+
+
+def relative_paths(value, out: Path):
+    """`value` (a sweep record, or any part of it) with every path in it, and in every `KEY=PATH` override,
+    written relative to `out` (an absolute one too: a report copied off its machine then names none of it)."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, out) for v in value]
+    if not isinstance(value, str):
+        return value
+    key, eq, rest = value.partition("=")
+    if eq and "." in key and " " not in key and _is_path(rest):
+        return f"{key}={os.path.relpath(Path(rest).resolve(), out)}"
+    return os.path.relpath(Path(value).resolve(), out) if _is_path(value) else value
+
+
+def _is_path(text: str) -> bool:
+    """A string that names a file or folder: absolute, or one that exists here (a bare word does not count)."""
+    return os.path.isabs(text) or ("/" in text and Path(text).exists())

@@ -6,26 +6,39 @@ folder; finished steps are skipped on a rerun, so an interrupted demo continues 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
+
+from ..data.demo import build_demo_data
+from ..errors import InputError
+from ..evaluate.options import resolve_options
+from ..files import writing
+from ..report.inspect import write_head_maps
+from ..train.recipe import load_recipe
+from .grid import grid, stage
+from .report import write_sweep
+from .sweep import Alignment, evaluator, run_sweep
+from .tables import method_label, point_label, short_point
 
 
 def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float], methods: list[str],
              align_steps: int | None, attack_steps: int | None, limit: int, max_new_tokens: int,
              console: Console, axes: dict[str, list[str]] | None = None, alphas: list[float] | None = None) -> dict:
     """Demo data, then the sweep of the attack (which aligns first) and its tables and plots; the sweep record."""
-    from ..data.demo import build_demo_data
-    from ..errors import InputError
-    from ..evaluate.options import resolve_options
-    from ..report.sweep import write_sweep
-    from ..train.recipe import load_recipe
-    from .grid import grid
-    from .sweep import Alignment, evaluator, run_sweep
-
     for recipe in (align_recipe, attack_recipe):
         if not recipe.is_file():
             raise InputError(f"{recipe}: no such recipe (run from the repository root, or pass the path)")
+    with writing(out, lambda: "finished steps are kept, and a rerun continues where this one stopped"):
+        return _run_demo(out, align_recipe=align_recipe, attack_recipe=attack_recipe, poison_ratios=poison_ratios,
+                         methods=methods, align_steps=align_steps, attack_steps=attack_steps, limit=limit,
+                         max_new_tokens=max_new_tokens, console=console, axes=axes, alphas=alphas)
+
+
+def _run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratios: list[float], methods: list[str],
+              align_steps: int | None, attack_steps: int | None, limit: int, max_new_tokens: int,
+              console: Console, axes: dict[str, list[str]] | None, alphas: list[float] | None) -> dict:
     data = out / "data"
     if not (data / "manifest.json").is_file():
         console.rule("1. demo data")
@@ -54,12 +67,6 @@ def run_demo(out: Path, *, align_recipe: Path, attack_recipe: Path, poison_ratio
 def write_demo_heads(folder: Path, sweep: dict) -> None:
     """heads.png: the divergence map of the SFT-aligned model before the attack, then after each
     fine-tuning-stage method's attack at the first poison ratio, on one colour scale."""
-    import json
-
-    from ..report.inspect import write_head_maps
-    from ..report.sweep import method_label, point_label, short_point
-    from .grid import stage
-
     first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
     cells = [c for c in sweep["cells"] if c["poison_ratio"] == first and c["status"] == "ok"
              and stage(c["method"]) != "align" and (folder / "cells" / c["name"] / "finetune" / "sink_after.json").is_file()]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..train.defenses import registry
 from ..train.recipe import load_recipe
 
 
@@ -79,8 +80,6 @@ def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dic
     in a defense's own section (`lisa.rho`) multiplies that defense's cells only; the others, every cell."""
     import itertools
 
-    from ..train.defenses import registry
-
     def points(keys: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
         return [tuple(zip(keys, vs)) for vs in itertools.product(*keys.values())]
 
@@ -127,8 +126,6 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def parse_methods(methods: str) -> list[str]:
     """`--methods` names, each a registered defense (`all`: every one); InputError listing them otherwise."""
-    from ..train.defenses import registry
-
     names = list(registry()) if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     if not names or set(names) - set(registry()):
         raise InputError(f"--methods {methods!r}: expected `all` or a comma-separated list of {', '.join(registry())}")
@@ -136,8 +133,6 @@ def parse_methods(methods: str) -> list[str]:
 
 
 def stage(method: str) -> str:
-    from ..train.defenses import registry
-
     return registry()[method].stage
 
 
@@ -147,8 +142,6 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
     ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
     axes, seed_list = parse_grid(grid_texts or []), parse_seeds(seeds)
     names = parse_methods(methods)
-    from ..train.defenses import registry
-
     for key in axes:
         section = key.partition(".")[0]
         if section in registry() and section not in names:

@@ -9,7 +9,7 @@ so a rerun skips finished cells and resumes an interrupted fine-tune from its ch
 fails is recorded with its error and the sweep goes on. The base model is evaluated once, as the
 "before the attack" row. With an `Alignment` (`--align-recipe`) the sweep first aligns: plain SFT for
 the fine-tuning-stage methods, and each alignment-stage method its own model, each merged once; each
-aligned model is evaluated once before the attack. `report.sweep` writes sweep.json, sweep.md (both
+aligned model is evaluated once before the attack. `study.report` writes sweep.json, sweep.md (both
 table layouts) and sweep.png.
 """
 
@@ -23,7 +23,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..evaluate.options import EvalOptions
-from ..files import atomic_write_text
+from ..evaluate.run import run_eval
+from ..files import atomic_write_text, write_failure
+from ..models import DTYPES, merge_adapter
+from ..train.finetune import run_finetune
 from ..train.recipe import Recipe, load_recipe
 from .grid import Cell, stage
 
@@ -52,9 +55,6 @@ class Alignment:
 
 def align_models(alignment: Alignment, methods: list[str], console: Console) -> dict[str, Path]:
     """method -> the aligned model its cells attack, each aligned (and merged) once; reruns skip finished ones."""
-    from ..models import DTYPES, merge_adapter
-    from ..train.finetune import run_finetune
-
     for method in methods:
         run, model = alignment.folders(method)
         if not (model / "config.json").is_file():
@@ -68,8 +68,6 @@ def align_models(alignment: Alignment, methods: list[str], console: Console) -> 
 
 def evaluator(options: EvalOptions, console: Console):
     """`evaluate(adapters, out_dir, base=None) -> records`: `surgery eval` with the sweep's eval options."""
-    from ..evaluate.run import run_eval
-
     def evaluate(adapters: list[str], out: Path, base: str | None = None) -> list[dict]:
         return run_eval(adapters, options, base=base, out=out, console=console)
 
@@ -85,7 +83,7 @@ def headline(records: list[dict]) -> dict:
     acc, ci = task.get("acc"), task.get("acc_ci95")
     return {"harmful_score": safety.get("harmful_score"), "hs_ci95": safety.get("ci95"), "hs_n": safety.get("n"),
             "accuracy": 100 * acc if acc is not None else None,
-            "fa_ci95": [round(100 * x, 2) for x in ci] if ci else None, "fa_n": task.get("n")}
+            "fa_ci95": [100 * x for x in ci] if ci else None, "fa_n": task.get("n")}
 
 
 def launched_finetune(config: Path, recipe: Path, sets: list[str], out: Path) -> dict:
@@ -108,8 +106,6 @@ def run_cell(cell: Cell, recipe: Recipe, folder: Path, evaluate, console: Consol
              launch: tuple[Path, Path, list[str]] | None = None) -> dict:
     """Fine-tune (in this process, or launched with `launch` = (accelerate config, recipe file, its overrides))
     and evaluate one cell; its record."""
-    from ..train.finetune import run_finetune
-
     if launch is not None:
         summary = launched_finetune(launch[0], launch[1], launch[2], folder / "finetune")
     else:
@@ -186,6 +182,8 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, 
             result = run_cell(cell, cell_recipe(cell, model) if model else recipes[cell.name], folder, evaluate, console,
                               (launch, recipe, overrides + cell.overrides(model)) if launch else None)
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+            if write_failure(e) is not None:  # a full disk fails every cell after it: stop, keep what is done
+                raise
             result = {**cell.record(), "status": "failed", "error": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc(limit=5)}
             console.print(f"[red]cell {cell.name} failed:[/] {result['error']}")

@@ -13,30 +13,33 @@ from rich.table import Table
 
 from ..data.chat import Messages, with_system
 from ..data.finetune import build_mix, read_examples, tokenize_example
-from ..data.refsets import RefSet, named_refset, sample
+from ..data.refsets import RefSet, reference_pools
 from ..errors import InputError
-from .defenses import Defense
+from ..models import DTYPES, load_model, read_chat_template
+from .defenses import Defense, registry
 from .recipe import Recipe
 from .sections import DataSection, LoraSection, MeasureSection, ModelSection, QuantizationSection, TrainSection
 
-REFERENCE_POOL = 1000  # reference samples kept per set, as the paper keeps the first 1000 of each
+def build_defense(recipe: Recipe) -> Defense:
+    """The recipe's chosen defense, with its options (and the `[measure]` keys, for a defense that measures)."""
+    cls = registry()[recipe.defense.method]
+    measure = recipe.measure.model_dump() if cls.measures else {}
+    return cls(**recipe.methods[cls.name].model_dump(), **measure)
 
 
-def build_examples(data: DataSection, seed: int, defense: Defense) -> tuple[list[Messages], int]:
-    """The shuffled fine-tuning mix (after the defense's `mix` hook) and its harmful count."""
+def build_examples(data: DataSection, seed: int, defense: Defense) -> tuple[list[Messages], int, int]:
+    """The shuffled fine-tuning mix (after the defense's `mix` hook), its harmful count, and how many examples
+    the defense added."""
     benign = read_examples(data.benign, data.benign_format)
     harmful = read_examples(data.harmful, "auto", role="harmful") if data.harmful else []
     mix, n_harmful = build_mix(benign, harmful, data.poison_ratio, data.num_samples, seed)
-    return defense.mix(mix, random.Random(seed)), n_harmful
+    mixed = defense.mix(mix, random.Random(seed))
+    return mixed, n_harmful, len(mixed) - len(mix)
 
 
 def build_references(measure: MeasureSection, seed: int) -> tuple[RefSet, RefSet]:
-    """Both reference sets (Surgery's, and what sink_before/after.json measure), at most REFERENCE_POOL each."""
-    s = measure
-    harm, safe = named_refset(s.harmful_reference, "harmful"), named_refset(s.harmless_reference, "harmless")
-    if s.reference_rows == "first":  # the reference code's pool: the first 1000 rows of each set
-        return (RefSet(harm.path, harm.samples[:REFERENCE_POOL]), RefSet(safe.path, safe.samples[:REFERENCE_POOL]))
-    return sample(harm, REFERENCE_POOL, seed), sample(safe, REFERENCE_POOL, seed)
+    """Both reference sets of the `[measure]` section (`data.refsets.reference_pools`)."""
+    return reference_pools(measure.harmful_reference, measure.harmless_reference, measure.reference_rows, seed)
 
 
 def build_model(model: ModelSection, quantization: QuantizationSection, lora: LoraSection,
@@ -45,8 +48,6 @@ def build_model(model: ModelSection, quantization: QuantizationSection, lora: Lo
     itself with every parameter trainable when `lora.enabled` is false."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
-
-    from ..models import DTYPES, load_model, read_chat_template
 
     set_seed(train.seed)  # LoRA A matrices are drawn here
     template = read_chat_template(model.chat_template, "model.chat_template") if model.chat_template else None

@@ -4,17 +4,21 @@ checkpoint discovery for --resume. The columns are the SFT loss plus the defense
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 from transformers import TrainerCallback
 
-from ..files import atomic_write_text
-from .defenses import Metric
+from ..errors import InputError
+from ..files import atomic_write_text, damaged_file
+from .distributed import global_norm, world_size
+from .step import Metric
 
 BASE_METRICS = (Metric("loss", "loss"), Metric("sft_loss", "sft"))
 
@@ -100,8 +104,6 @@ def last_checkpoint(folder: Path) -> Path | None:
 
     The Trainer writes trainer_state.json last, so a checkpoint holding a readable one was written whole.
     """
-    from ..files import damaged_file
-
     def step(p: Path) -> int:
         tail = p.name.rsplit("-", 1)[-1]
         return int(tail) if tail.isdigit() else -1
@@ -123,6 +125,20 @@ def last_checkpoint(folder: Path) -> Path | None:
     return complete
 
 
+def kept_checkpoint(folder: Path) -> str:
+    """What a stopped run keeps, in words: its newest complete checkpoint in `folder`, which a rerun resumes
+    from (read only: nothing is removed here)."""
+    def complete(p: Path) -> bool:
+        try:
+            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+            return p.name.rsplit("-", 1)[-1].isdigit()
+        except (OSError, ValueError):
+            return False
+
+    done = sorted((p for p in Path(folder).glob("checkpoint-*") if complete(p)), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    return f"the last checkpoint, {done[-1].name}, is kept" if done else "no checkpoint was written yet"
+
+
 class FiniteGuard(TrainerCallback):
     """Stops the run before an optimizer step would apply a non-finite loss or gradient, with one line naming
     the step and the value; the checkpoints written so far stay (`--resume` continues from the last one).
@@ -133,14 +149,6 @@ class FiniteGuard(TrainerCallback):
         self.trainer = trainer
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        import math
-
-        import torch
-
-        from ..errors import InputError
-
-        from .distributed import global_norm, world_size
-
         grads = [p.grad.detach() for p in self.trainer.model.parameters() if p.grad is not None]
         norm = float(global_norm(grads)) if grads else 0.0
         loss = self.trainer.last_loss
@@ -149,8 +157,6 @@ class FiniteGuard(TrainerCallback):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if math.isfinite(norm) and bool(finite):
             return
-        ckpts = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-        kept = f"the last checkpoint, {ckpts[-1].name}, is kept" if ckpts else "no checkpoint was written yet"
         raise InputError(f"step {state.global_step + 1}: the loss is {loss:g} and the gradient norm {norm:g}: not "
-                         f"finite, so the run stopped before the weights took it ({kept}); lower the learning rate "
-                         f"or the defense's weight")
+                         f"finite, so the run stopped before the weights took it ({kept_checkpoint(args.output_dir)}); "
+                         f"lower the learning rate or the defense's weight")

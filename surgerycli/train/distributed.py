@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from ..upstream.accelerate_state import switch_to_fsdp
+
 
 def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -95,21 +97,17 @@ def shard_on_cpu(accelerator, fsdp_plugin_args: dict | None) -> bool:
     """Let a CPU run under torchrun (gloo) use FSDP2 as a GPU run does; True when it switched.
 
     accelerate's state selection upgrades MULTI_GPU (and the other accelerators) to FSDP when an FSDP plugin
-    is given, but not MULTI_CPU (accelerate/state.py, AcceleratorState.__init__): the Trainer then trains DDP
-    and nothing says the `fsdp` setting was dropped. `fully_shard` itself runs on CPU with gloo, and with the
-    state set as accelerate sets it on a GPU, `prepare` shards the model (FSDP<Model>, DTensor parameters)
-    and `get_state_dict` gathers it. Called right after the Trainer creates its Accelerator, before
-    anything is prepared; the one place this project works around the gate.
+    is given, but not MULTI_CPU: the Trainer then trains DDP and nothing says the `fsdp` setting was dropped.
+    `fully_shard` itself runs on CPU with gloo, and with the state set as accelerate sets it on a GPU,
+    `prepare` shards the model (FSDP<Model>, DTensor parameters) and `get_state_dict` gathers it. Called right
+    after the Trainer creates its Accelerator, before anything is prepared; the one place this project works
+    around the gate (`upstream.accelerate_state`).
     """
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
 
-    state = accelerator.state
-    if fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+    if fsdp_plugin_args is None or accelerator.state.distributed_type != DistributedType.MULTI_CPU:
         return False
-    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, FullyShardedDataParallelPlugin(**fsdp_plugin_args)
-    # as accelerate does at the end of AcceleratorState.__init__: a later AcceleratorState() copies it from here
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    switch_to_fsdp(accelerator, fsdp_plugin_args)
     return True
 
 

@@ -12,31 +12,42 @@ import contextlib
 import resource
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
+from rich.text import Text
+from transformers import PrinterCallback
 
+from ..data.chat import with_system
+from ..data.finetune import masked_parts, pad_batch, tokenize_example
 from ..data.refsets import RefSet, sample
 from ..errors import InputError
-from ..files import FolderLock, atomic_write_text, save_folder, write_json
+from ..files import FolderLock, atomic_write_text, save_folder, write_json, writing
+from ..models import load_tokenizer, read_chat_template
 from ..progress import PROGRESS_COLUMNS
-from .builders import build_dataset, build_examples, build_model, build_references, build_training_args, mix_table
-from .callbacks import FiniteGuard, MetricsCallback, RichProgressCallback, last_checkpoint, read_metrics, truncate_metrics
-from .defenses import Defense, DefenseContext, build_defense
+from ..report.training import write_training_plot
+from ..sink import measure_refsets, result_record
+from ..upstream.hf_trainer import fsdp_enabled
+from .builders import (
+    build_dataset, build_defense, build_examples, build_model, build_references, build_training_args, mix_table,
+)
+from .callbacks import (
+    FiniteGuard, MetricsCallback, RichProgressCallback, kept_checkpoint, last_checkpoint, read_metrics, truncate_metrics,
+)
+from .defenses import Defense, DefenseContext
+from .defenses.surgery import reference_length
 from .distributed import barrier, held_bytes, is_main, local_device, strategy, world_size
+from .loss import liger_available
 from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
 from .recipe import Recipe, dump_recipe
+from .trainer import DefenseTrainer
 
 
 def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet, device: torch.device,
                    console: Console) -> dict | None:
     """Sink statistics of the model as it is now, in the `surgery inspect --json` schema (None: skipped)."""
-    from ..sink import measure_refsets, result_record
-    from .defenses.surgery import reference_length
-
     s = recipe.measure
     if not s.samples:
         return None
@@ -95,11 +106,6 @@ def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context:
                   args, probe: list[str], console: Console):
     """The Trainer, with the defense set up (its data read and tokenized: errors come before any output is
     written) and the harmful-score probe when `probe` holds prompts."""
-    from transformers import PrinterCallback
-
-    from ..data.finetune import pad_batch
-    from .trainer import DefenseTrainer
-
     out = Path(recipe.output.dir)
     metrics = metrics_of(defense, probe)
     trainer = DefenseTrainer(
@@ -113,7 +119,7 @@ def build_trainer(model, tokenizer, rows: list[dict], defense: Defense, context:
     trainer.add_callback(FiniteGuard(trainer))
     # with DDP the other ranks go on to the next step and wait for rank 0 at its all-reduce; FSDP's forwards
     # gather weights from every rank, so each rank probes
-    if probe and (is_main() or trainer.is_fsdp_enabled):
+    if probe and (is_main() or fsdp_enabled(trainer)):
         m = recipe.monitor
         trainer.add_callback(HarmProbe(trainer, tokenizer, probe, m.every_steps, m.max_new_tokens,
                                        recipe.data.system_prompt))
@@ -157,8 +163,6 @@ def run_summary(trainer, wall: float, records: list[dict], defense: Defense, *, 
 def loss_kind(train, device: torch.device) -> str:
     """The SFT loss's implementation: `plain`, or with train.fused_cross_entropy Liger's kernel on CUDA when
     installed, else the chunked one (train.loss)."""
-    from .loss import liger_available
-
     if not train.fused_cross_entropy:
         return "plain"
     return "liger" if liger_available(device) else "chunked"
@@ -184,12 +188,6 @@ def check_fsdp(recipe: Recipe) -> None:
 def show_example(recipe: Recipe, mix: list, console: Console) -> None:
     """One training example as the model gets it, rendered by the (possibly overridden) chat template, with
     the part masked from the loss between <<< and >>>."""
-    from rich.text import Text
-
-    from ..data.chat import with_system
-    from ..data.finetune import masked_parts, tokenize_example
-    from ..models import load_tokenizer, read_chat_template
-
     template = read_chat_template(recipe.model.chat_template, "model.chat_template") if recipe.model.chat_template else None
     tokenizer = load_tokenizer(recipe.model.name, template)
     example = tokenize_example(tokenizer, with_system(mix[0], recipe.data.system_prompt), recipe.train.max_length)
@@ -205,7 +203,7 @@ def run_finetune(recipe: Recipe, *, dry_run: bool = False, resume: bool = True, 
     """Fine-tune with a validated recipe (`load_recipe`) and write the outputs; the summary dict (None for a dry
     run, and on every rank but 0). Every data file is read before a model loads."""
     defense = build_defense(recipe)
-    mix, n_harmful = build_examples(recipe.data, recipe.train.seed, defense)
+    mix, n_harmful, n_extra = build_examples(recipe.data, recipe.train.seed, defense)
     harm, safe = build_references(recipe.measure, recipe.train.seed)
     probe, dropped = probe_prompts(recipe.monitor, [mix, harm.samples, safe.samples]) if recipe.monitor.every_steps else ([], 0)
     out = Path(recipe.output.dir)
@@ -224,24 +222,20 @@ def run_finetune(recipe: Recipe, *, dry_run: bool = False, resume: bool = True, 
         return None
 
     check_fsdp(recipe)
+    with writing(out, lambda: f"{kept_checkpoint(out / 'checkpoints')} (a rerun resumes from it)"):
+        with console.status(f"loading {recipe.model.name}"):
+            model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
 
-    from transformers.utils import logging as hf_logging
+        def encode(chats):  # the fine-tuning mix and a defense's own data are tokenized alike
+            return build_dataset(tokenizer, chats, recipe.data.system_prompt, recipe.train.max_length)
 
-    hf_logging.set_verbosity_error()
-    # peft 0.21 still reads transformers' gradient_checkpointing aliases; the names, not the behaviour, changed
-    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
-    with console.status(f"loading {recipe.model.name}"):
-        model, tokenizer = build_model(recipe.model, recipe.quantization, recipe.lora, recipe.train, device)
-
-    def encode(chats):  # the fine-tuning mix and a defense's own data are tokenized alike
-        return build_dataset(tokenizer, chats, recipe.data.system_prompt, recipe.train.max_length)
-
-    rows = encode(mix)
-    context = DefenseContext(model, tokenizer, recipe.train.seed, recipe.train.max_length, encode, (harm, safe))
-    trainer = build_trainer(model, tokenizer, rows, defense, context, recipe, args=args, probe=probe, console=console)
-    with FolderLock(out, "output.dir") if is_main() else contextlib.nullcontext():
-        return _run(trainer, tokenizer, recipe, context.references, n_harmful=n_harmful, probe=probe, device=device,
-                    resume=resume, console=console)
+        context = DefenseContext(model, tokenizer, recipe.train.seed, recipe.train.max_length, encode, (harm, safe),
+                                 mixed=n_extra)
+        trainer = build_trainer(model, tokenizer, encode(mix), defense, context, recipe, args=args, probe=probe,
+                                console=console)
+        with FolderLock(out, "output.dir") if is_main() else contextlib.nullcontext():
+            return _run(trainer, tokenizer, recipe, context.references, n_harmful=n_harmful, probe=probe,
+                        device=device, resume=resume, console=console)
 
 
 def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], *, n_harmful: int, probe: list[str],
@@ -264,7 +258,7 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.time() - start
     held = held_bytes(model, trainer.optimizer)  # before a forward leaves FSDP's root weights gathered
-    sharded = trainer.is_fsdp_enabled  # every rank gathers the weights and runs the measurement's forwards
+    sharded = fsdp_enabled(trainer)  # every rank gathers the weights and runs the measurement's forwards
     if not main and not sharded:
         barrier()
         return None
@@ -278,10 +272,9 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
         write_json(out / "sink_after.json", {**after, "adapter": str(trained)})
     records = read_metrics(out / "metrics.jsonl")
     if records:
-        from ..report.training import write_training_plot
-
-        write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}",
-                            metrics_of(defense, probe))
+        panels = [(("loss", "sft_loss"), "loss", None)]
+        panels += [((m.key,), m.axis or m.key, m.limits) for m in metrics_of(defense, probe)]
+        write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}", panels)
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(trainer.train_dataset),
                           n_harmful=n_harmful, device=device, before=before, after=after, held=held)
     write_json(out / "summary.json", summary)

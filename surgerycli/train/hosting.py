@@ -6,11 +6,14 @@
 `with_defense(cls)` returns a subclass of `cls` whose first base is `DefenseMixin` (`surgery finetune`'s own
 trainer is one too). The mixin overrides three public Trainer methods: `training_step` (the defense's step
 around the host's own, through `train.step.Step`), `log` (the defense's metrics, averaged per logging
-interval; under TRL they go through its own `_metrics`), `train` (the defense's state from the checkpoint
-it resumes). The private Trainer API it needs is used in this module alone and listed in
-`PRIVATE_TRAINER_API` (a test fails when transformers renames it): `_save_checkpoint`, to write the
-defense's state into a checkpoint before the Trainer marks it whole, and `_prepare_inputs`, to put a
-defense's own batch on the device.
+interval; under TRL they go through its own metric store), `train` (the defense's state from the checkpoint
+it resumes). What it needs of the Trainer's internals (writing the defense's state into a checkpoint, the
+device move, the accumulation count, TRL's metric store) goes through `upstream.hf_trainer`, where each
+name is listed and guarded by a test.
+
+The defense object the caller passes is a value: the trainer works on its own copy (`trainer.defense`),
+which holds every per-run state (SafeInstr's mixed count, Surgery's reference ids, Lisa's anchors), so the
+same object passed to a second trainer behaves there as in the first.
 
 What stays the host's: its loss and its normalization (loss type, `num_items_in_batch`, Liger), its data
 collator, and its attention implementation (Surgery switches to the sink attention only around its
@@ -24,6 +27,7 @@ itself. DeepSpeed is refused: its engine steps at every backward, and a defense 
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 from dataclasses import dataclass
@@ -32,12 +36,17 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..data.chat import render
+from ..data.finetune import tokenize_example
 from ..errors import InputError
+from ..upstream.hf_trainer import (
+    TrainerHooks, accumulation_steps, enable_fsdp, fsdp_enabled, loss_context, prepare_inputs, trl_metrics,
+)
+from .builders import build_dataset
 from .defenses import Defense, DefenseContext
 from .distributed import is_ddp, is_main, rank, shard_on_cpu, sync_gradients
 
 DEFENSE_STATE = "defense_state.pt"  # a checkpoint's file for Defense.state_dict()
-PRIVATE_TRAINER_API = {"_save_checkpoint": ("model", "trial"), "_prepare_inputs": ("inputs",)}  # name: parameters
 T = TypeVar("T")
 
 
@@ -61,7 +70,7 @@ class HostStep:
 
     @property
     def accumulation(self) -> int:
-        return self.trainer.current_gradient_accumulation_steps
+        return accumulation_steps(self.trainer)
 
     @property
     def batch_size(self) -> int:
@@ -81,10 +90,10 @@ class HostStep:
         self.trainer.accelerator.backward(loss)
 
     def context(self):
-        return self.trainer.compute_loss_context_manager()
+        return loss_context(self.trainer)
 
     def prepare(self, batch: dict) -> dict:
-        return self.trainer._prepare_inputs(batch)
+        return prepare_inputs(self.trainer, batch)
 
     def record(self, key: str, value: float) -> None:
         self.trainer.record(key, value)
@@ -93,7 +102,7 @@ class HostStep:
         self.trainer.token_counts[kind] = self.trainer.token_counts.get(kind, 0) + n
 
 
-class DefenseMixin:
+class DefenseMixin(TrainerHooks):
     """The defense's step, metrics and state inside a transformers Trainer; first base of `with_defense(cls)`."""
 
     def __init__(self, *args, defense: Defense, **kwargs):
@@ -102,31 +111,34 @@ class DefenseMixin:
         if len(args) > 3 and type(defense).extra_examples is not Defense.extra_examples:
             raise TypeError(f"with_defense: {type(defense).__name__} mixes samples into train_dataset; pass it (and "
                             f"what follows it) by keyword")
-        _mix_into_dataset(defense, kwargs)
+        defense = copy.deepcopy(defense)  # this run's own: the caller's object stays a value
+        mixed = self.mix_into_dataset(defense, kwargs)
         super().__init__(*args, **kwargs)
         self.defense = defense
         self._check_engine()
         self._defense_metrics: dict[str, list[float]] = {m.key: [] for m in defense.metrics}
         self.token_counts = {"train": 0, "reference": 0}
         self.micro_index, self._micro_step = -1, -1  # position of the micro-batch within its optimizer step
-        defense.setup(self.defense_context())
+        defense.setup(self.defense_context(mixed))
 
-    def defense_context(self) -> DefenseContext:
+    def mix_into_dataset(self, defense: Defense, kwargs: dict) -> int:
+        """Append the defense's extra examples to `kwargs["train_dataset"]`; how many (`surgery finetune`'s
+        trainer mixed them into its data already, and says how many)."""
+        return _mix_into_dataset(defense, kwargs)
+
+    def defense_context(self, mixed: int = 0) -> DefenseContext:
         """What the defense's setup gets: the host's model and tokenizer, seed and sequence length."""
-        from .builders import build_dataset
-
         tokenizer = _tokenizer(self.processing_class)
         if tokenizer is None and type(self.defense).setup is not Defense.setup:
             raise InputError(f"with_defense: {type(self.defense).__name__} tokenizes data of its own; pass the "
                              f"tokenizer as processing_class")
         max_length = getattr(self.args, "max_length", None) or 512  # TRL's SFTConfig has one; a plain Trainer not
         return DefenseContext(self.model, tokenizer, self.args.seed, max_length,
-                              encode=lambda chats: build_dataset(tokenizer, chats, "", max_length))
+                              encode=lambda chats: build_dataset(tokenizer, chats, "", max_length), mixed=mixed)
 
-    def create_accelerator_and_postprocess(self) -> None:
-        super().create_accelerator_and_postprocess()
+    def accelerator_ready(self) -> None:
         if shard_on_cpu(self.accelerator, self.args.fsdp_plugin_args):  # torchrun on CPU: FSDP2 as on a GPU
-            self.is_fsdp_enabled = True
+            enable_fsdp(self)
 
     def _check_engine(self) -> None:
         from accelerate.utils import DistributedType
@@ -150,12 +162,10 @@ class DefenseMixin:
                              f"(recipes/accelerate/ddp.yaml, or torchrun) or with FSDP2 (recipes/accelerate/fsdp.yaml)")
 
     def record(self, key: str, value: float) -> None:
-        """Log `value` under `key`, averaged over the logging interval (TRL's `_metrics` when the host has it)."""
-        host = getattr(self, "_metrics", None)
-        if isinstance(host, dict) and isinstance(host.get("train"), dict):  # TRL: its log averages and clears
-            host["train"].setdefault(key, []).append(value)
-        else:
-            self._defense_metrics.setdefault(key, []).append(value)
+        """Log `value` under `key`, averaged over the logging interval (TRL's metric store when the host has one)."""
+        host = trl_metrics(self)
+        store = host if host is not None else self._defense_metrics  # TRL's log averages and clears its own
+        store.setdefault(key, []).append(value)
 
     def host_training_step(self, model, inputs, num_items_in_batch=None):
         """The host class's own micro-step (SFT forward and backward)."""
@@ -189,7 +199,7 @@ class DefenseMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         folder = resume_from_checkpoint
         if folder is True:
-            from transformers.trainer_utils import get_last_checkpoint
+            from transformers.trainer_utils import get_last_checkpoint  # transformers' own, loaded with the Trainer
 
             folder = get_last_checkpoint(self.args.output_dir)
         if folder and (Path(folder) / self._state_file()).is_file():
@@ -198,18 +208,13 @@ class DefenseMixin:
 
     def _state_file(self) -> str:
         """The defense's state file in a checkpoint: one per rank under FSDP, where each holds its shards."""
-        return f"defense_state-rank{rank()}.pt" if self.is_fsdp_enabled else DEFENSE_STATE
+        return f"defense_state-rank{rank()}.pt" if fsdp_enabled(self) else DEFENSE_STATE
 
-    def _save_checkpoint(self, model, trial):
-        # the defense's state beside the weights, before trainer_state.json marks the checkpoint whole
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
+    def before_checkpoint_saved(self, folder: Path) -> None:
         state = self.defense.state_dict()
-        if state and (is_main() or self.is_fsdp_enabled):
-            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if state and (is_main() or fsdp_enabled(self)):
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(state, folder / self._state_file())
-        super()._save_checkpoint(model, trial)
 
 
 @functools.cache
@@ -231,30 +236,27 @@ def _tokenizer(processing_class):
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def _mix_into_dataset(defense: Defense, kwargs: dict) -> None:
+def _mix_into_dataset(defense: Defense, kwargs: dict) -> int:
     """Append the defense's extra examples (SafeInstr's safety samples) to the host's train_dataset, in its
-    format: `messages`, `prompt` + `completion` (conversational or text), or tokenized `input_ids`."""
+    format: `messages`, `prompt` + `completion` (conversational or text), or tokenized `input_ids`. How many."""
     dataset = kwargs.get("train_dataset")
-    if dataset is None or defense.mixed is not None:  # nothing to mix into, or mixed already (the recipe's path)
-        return
+    if dataset is None:
+        return 0
     if not hasattr(dataset, "__len__"):
         if type(defense).extra_examples is Defense.extra_examples:
-            return
+            return 0
         raise InputError(f"train_dataset: {type(defense).__name__} mixes samples in, which needs a sized dataset "
                          f"(a datasets.Dataset or a list), got {type(dataset).__name__}")
     seed = getattr(kwargs.get("args"), "seed", 42)
     extra = defense.extra_examples(len(dataset), random.Random(seed))
-    defense.mixed = len(extra)
     if extra:
         kwargs["train_dataset"] = append_examples(dataset, extra, _tokenizer(kwargs.get("processing_class")),
                                                   getattr(kwargs.get("args"), "max_length", None) or 512)
+    return len(extra)
 
 
 def append_examples(dataset, chats: list, tokenizer, max_length: int):
     """`dataset` (a datasets.Dataset or a list of dicts) with `chats` appended as rows of its own format."""
-    from ..data.chat import render
-    from ..data.finetune import tokenize_example
-
     columns = list(dataset.column_names) if hasattr(dataset, "column_names") else list(dataset[0]) if len(dataset) else []
     first = dataset[0] if len(dataset) else {}
     if "messages" in columns:

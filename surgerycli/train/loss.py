@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import is_sharded
+
 IGNORE = -100
 CHUNK_TOKENS = 1024  # rows of logits per chunk: 1024 x 128k vocab x 4 bytes = 0.5 GiB
 
@@ -106,8 +108,6 @@ def liger_available(device: torch.device) -> bool:
 
 def causal_lm_loss(model, inputs: dict, use_liger: bool) -> torch.Tensor:
     """The SFT loss of a causal LM (a peft model or not) from its decoder's hidden states."""
-    from .distributed import is_sharded
-
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     if not is_sharded(model):
         hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state

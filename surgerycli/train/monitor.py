@@ -17,7 +17,9 @@ from transformers import TrainerCallback
 from ..data.chat import Messages, render, with_system
 from ..data.refsets import named_refset
 from ..errors import InputError
-from .defenses import Metric
+from ..evaluate.generation import generate
+from ..evaluate.judges import is_refusal
+from .step import Metric
 from .sections import MonitorSection
 
 PROBE_METRIC = Metric("probe_harmful_score", "probe HS", ".1f", "probe harmful score % (keyword judge)", (-3, 103))
@@ -44,9 +46,6 @@ class HarmProbe(TrainerCallback):
         self.seconds = 0.0  # time spent probing (summary.json's probe_time_s)
 
     def score(self, model) -> float:
-        from ..evaluate.generation import generate
-        from ..evaluate.judges import is_refusal
-
         was_training = model.training
         model.eval()
         try:

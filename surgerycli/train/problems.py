@@ -1,7 +1,9 @@
-"""The recipe's error messages: each problem as `SECTION.KEY: what was expected, got VALUE`.
+"""One recipe section validated, and its error messages: each problem as `SECTION.KEY: what was expected,
+got VALUE`.
 
 `expected` words a field's type and constraints; `section_problems` reads pydantic's errors for one
-section; `file_problems` checks that the files, models and templates a section names exist.
+section; `file_problems` checks that the files, models and templates a section names exist; `section`
+does both for one section and `build_sections` for several (the Python API's defense objects).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from typing import Literal
 import annotated_types as at
 from pydantic import ValidationError
 
+from pathlib import Path
+
 from ..data.pairs import BUILTIN_PAIRS
 from ..data.refsets import BUILTIN_REFSETS
+from ..data.rows import source_exists
 from ..errors import InputError
+from ..models import read_chat_template, resolve
 from .sections import Exists, Expect, Section
 
 
@@ -75,22 +81,16 @@ def section_problems(name: str, cls: type[Section], given: dict, error: Validati
 
 def _exists(kind: str, value: str) -> str | None:
     """None when what `value` names exists, else what was expected."""
-    from ..data.rows import source_exists
-
     if kind == "file" and not source_exists(value):
         return "no such file or dataset folder"
     if kind in BUILTIN_NAMES and value not in BUILTIN_NAMES[kind] and not source_exists(value):
         return f"no such file or dataset folder (or use {' / '.join(map(show, BUILTIN_NAMES[kind]))})"
     if kind == "template":
-        from ..models import read_chat_template
-
         try:
             read_chat_template(value, "")
         except InputError as e:
             return str(e).removeprefix(f" {value}: ")
     if kind == "model":
-        from ..models import resolve
-
         try:
             resolve(value)
         except InputError as e:
@@ -108,3 +108,44 @@ def file_problems(name: str, cls: type[Section], values: dict) -> list[str]:
             if isinstance(m, Exists) and isinstance(value, str) and (error := _exists(m.kind, value)):
                 problems.append(f"{name}.{key}: {error}, got {show(value)}")
     return problems
+
+
+def validate_section(name: str, cls: type[Section], given: dict,
+                     check_files: bool) -> tuple[Section | None, list[str]]:
+    """(the section, or None when its types are wrong; every problem of it, each with its key path)."""
+    try:
+        built, bad, problems = cls(**given), set(), []
+    except ValidationError as e:
+        built, problems = None, section_problems(name, cls, given, e)
+        bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
+    if check_files:  # also for the keys that passed when another key of the section failed
+        problems += file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
+    return built, problems
+
+
+def build_sections(owner: str, parts: dict[str, tuple[type[Section], dict]]) -> dict[str, Section]:
+    """Sections from keyword values ({name: (class, values)}), validated as the recipe's are (same defaults,
+    same one-line errors, every problem at once, prefixed by `owner`), local paths made absolute: what the
+    Python API's defense objects are built from."""
+    sections, problems = {}, []
+    for name, (cls, values) in parts.items():
+        built, found = validate_section(name, cls, values, check_files=True)
+        problems += found
+        if built is not None:
+            sections[name] = built.model_copy(update=absolute_paths(built))
+    if problems:
+        raise InputError(f"{owner}: " + "; ".join(problems))
+    return sections
+
+
+def absolute(value: str | None) -> str | None:
+    """A local path as an absolute one (the resolved recipe works from anywhere); other values as they are."""
+    if value and not any(value in names for names in BUILTIN_NAMES.values()) and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def absolute_paths(section: Section) -> dict[str, str | None]:
+    """The section's fields that name local files, made absolute."""
+    return {k: absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
+            if any(isinstance(m, Exists) and m.kind in ("file", "template", *BUILTIN_NAMES) for m in info.metadata)}

@@ -14,12 +14,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from ..errors import InputError
-from .problems import BUILTIN_NAMES, file_problems, section_problems, show
+from ..files import read_toml
+from ..models import EMBEDDED_MODEL
+from .defenses import registry
+from .passthrough import trainer_problems
+from .problems import absolute, absolute_paths, show, validate_section
 from .sections import (
-    DataSection, DefenseSection, Exists, LoraSection, MeasureSection, ModelSection, MonitorSection,
+    DataSection, DefenseSection, LoraSection, MeasureSection, ModelSection, MonitorSection,
     OutputSection, QuantizationSection, Section, TrainSection,
 )
 
@@ -56,8 +58,6 @@ class Recipe:
 
 def schema() -> dict[str, type[Section]]:
     """Section name -> section class, the registered defenses' included."""
-    from .defenses import registry
-
     return {**CORE, **{name: d.options_class for name, d in registry().items()}, **TAIL}
 
 
@@ -77,8 +77,6 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 def _read(path: Path) -> dict:
-    from ..files import read_toml
-
     if not path.is_file():
         raise InputError(f"{path}: no such recipe file")
     return read_toml(path, "a recipe")
@@ -95,36 +93,7 @@ def _merge(raw: dict, overrides: list[str], problems: list[str]) -> dict:
     return merged
 
 
-def _section(name: str, cls: type[Section], given: dict, check_files: bool) -> tuple[Section | None, list[str]]:
-    """(the section, or None when its types are wrong; every problem of it, each with its key path)."""
-    try:
-        section, bad, problems = cls(**given), set(), []
-    except ValidationError as e:
-        section, problems = None, section_problems(name, cls, given, e)
-        bad = {str(x["loc"][0]) for x in e.errors() if x["loc"]}
-    if check_files:  # also for the keys that passed when another key of the section failed
-        problems += file_problems(name, cls, {k: v for k, v in given.items() if k not in bad})
-    return section, problems
-
-
-def build_sections(owner: str, parts: dict[str, tuple[type[Section], dict]]) -> dict[str, Section]:
-    """Sections from keyword values ({name: (class, values)}), validated as the recipe's are (same defaults,
-    same one-line errors, every problem at once, prefixed by `owner`), local paths made absolute: what the
-    Python API's defense objects are built from."""
-    sections, problems = {}, []
-    for name, (cls, values) in parts.items():
-        section, found = _section(name, cls, values, check_files=True)
-        problems += found
-        if section is not None:
-            sections[name] = section.model_copy(update=_absolute_paths(section))
-    if problems:
-        raise InputError(f"{owner}: " + "; ".join(problems))
-    return sections
-
-
 def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str, Section]:
-    from .passthrough import trainer_problems
-
     classes = schema()
     if "trainer" in merged:
         problems += trainer_problems(merged["trainer"])
@@ -138,12 +107,10 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
     sections = {}
     for name, cls in classes.items():
         given = merged.get(name) if isinstance(merged.get(name), dict) else {}
-        section, found = _section(name, cls, given, check_files)
+        built, found = validate_section(name, cls, given, check_files)
         problems += found
-        if section is not None:
-            sections[name] = section
-    from .defenses import registry
-
+        if built is not None:
+            sections[name] = built
     if "defense" in sections and sections["defense"].method not in registry():  # a key's check: with the rest
         problems.append(f"defense.method: unknown method {show(sections['defense'].method)} "
                         f"(expected one of {', '.join(registry())})")
@@ -151,8 +118,6 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
 
 
 def _is_gguf(name: str) -> bool:
-    from ..models import EMBEDDED_MODEL
-
     return name == EMBEDDED_MODEL or name.endswith(".gguf")
 
 
@@ -173,17 +138,6 @@ def _cross_checks(sections: dict[str, Section], problems: list[str]) -> None:
         problems.append(f"train.report_to: {show(tracker)} needs the {tracker} package (pip install {tracker})")
 
 
-def _absolute(value: str | None) -> str | None:
-    if value and not any(value in names for names in BUILTIN_NAMES.values()) and Path(value).expanduser().exists():
-        return str(Path(value).expanduser().resolve())
-    return value
-
-
-def _absolute_paths(section: Section) -> dict[str, str | None]:
-    return {k: _absolute(getattr(section, k)) for k, info in type(section).model_fields.items()
-            if any(isinstance(m, Exists) and m.kind in ("file", "template", *BUILTIN_NAMES) for m in info.metadata)}
-
-
 def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
     """Replace `auto`/unset values by what this machine will use, so the resolved recipe is explicit."""
     import torch
@@ -194,11 +148,11 @@ def _fill_auto(sections: dict[str, Section], recipe_path: Path) -> None:
         four_bit = gpu and not _is_gguf(s["model"].name) and s["lora"].enabled
         s["quantization"] = s["quantization"].model_copy(update={"load_in_4bit": four_bit})
     dtype = s["model"].dtype if s["model"].dtype != "auto" else ("bfloat16" if gpu else "float32")
-    s["model"] = s["model"].model_copy(update={"dtype": dtype, "name": _absolute(s["model"].name)})
+    s["model"] = s["model"].model_copy(update={"dtype": dtype, "name": absolute(s["model"].name)})
     if s["output"].dir is None:
         s["output"] = s["output"].model_copy(update={"dir": str(Path("out") / recipe_path.stem)})
     for name, section in s.items():  # local paths made absolute, so the resolved recipe works from anywhere
-        paths = _absolute_paths(section)
+        paths = absolute_paths(section)
         if paths:
             s[name] = section.model_copy(update=paths)
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..data.refsets import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+from ..data.rows import hub_source
 
 
 class Section(BaseModel):
@@ -44,8 +45,6 @@ def _modules(value: str | list[str]) -> str | list[str]:
 def _hub_table(value: object) -> object:
     """A hub dataset table {path, name, split, revision} -> its source text `hub:...` (`data.rows`)."""
     if isinstance(value, dict):
-        from ..data.rows import hub_source
-
         return hub_source(value)
     return value
 

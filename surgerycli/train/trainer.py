@@ -12,7 +12,9 @@ from __future__ import annotations
 from transformers import Trainer
 
 from .defenses import DefenseContext
+from ..upstream.hf_trainer import loss_per_batch
 from .hosting import DefenseMixin
+from .loss import causal_lm_loss
 
 
 class DefenseTrainer(DefenseMixin, Trainer):
@@ -23,7 +25,7 @@ class DefenseTrainer(DefenseMixin, Trainer):
         super().__init__(*args, **kwargs)
         self.loss_kind = loss  # "plain" (the model's own), "chunked" or "liger" (train.loss)
         # per-batch mean SFT loss, divided by grad_accum by the Trainer: extra terms are scaled alike
-        self.model_accepts_loss_kwargs = False
+        loss_per_batch(self)
         self.last_loss = 0.0  # the last micro-step's total loss (callbacks.FiniteGuard)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -31,13 +33,14 @@ class DefenseTrainer(DefenseMixin, Trainer):
         self.last_loss = float(loss.detach())
         return loss
 
-    def defense_context(self) -> DefenseContext:
+    def mix_into_dataset(self, defense, kwargs: dict) -> int:
+        return self._context.mixed  # the recipe's mix holds the defense's examples already
+
+    def defense_context(self, mixed: int = 0) -> DefenseContext:
         return self._context
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_kind != "plain" and not return_outputs:
-            from .loss import causal_lm_loss
-
             out = causal_lm_loss(model, inputs, use_liger=self.loss_kind == "liger")
         else:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs)

@@ -4,10 +4,11 @@ references, inspect and eval; `--dry-run` shows a rendered training example with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-
 from clirun import invoke, ok
+from recipes import write_recipe
 
 TEMPLATE = ("{% for m in messages %}[[{{ m['role'] }}]] {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}[[assistant]] {% endif %}")
@@ -27,33 +28,15 @@ def template(tmp_path):
     return path
 
 
-def recipe(tmp_path, model, data, template_line: str) -> str:
-    path = tmp_path / "r.toml"
-    path.write_text(f"""
-[model]
-name = "{model}"
-{template_line}
-[lora]
-r = 4
-[data]
-benign = "{data / 'gsm.jsonl'}"
-benign_format = "gsm8k"
-poison_ratio = 0.0
-num_samples = 8
-[defense]
-method = "sft"
-[measure]
-samples = 2
-[train]
-batch_size = 4
-max_length = 96
-max_steps = 1
-""")
-    return path
+def recipe(tmp_path, model, data, template: Path | None) -> Path:
+    return write_recipe(tmp_path / "r.toml", model, {"benign": data / "gsm.jsonl", "benign_format": "gsm8k",
+                                                     "poison_ratio": 0.0, "num_samples": 8},
+                        model={"chat_template": template}, defense={"method": "sft"},
+                        train={"max_length": 96, "max_steps": 1, "logging_steps": 10})
 
 
 def test_dry_run_shows_the_template_and_the_mask(tmp_path, tiny_llama_dir, finetune_data, template):
-    result = ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, f'chat_template = "{template}"'), "--dry-run")
+    result = ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, template), "--dry-run")
     text = result.output
     start = text.rindex("<<<")  # the example (the rule above it names the markers too)
     end = text.index(">>>", start)
@@ -61,13 +44,13 @@ def test_dry_run_shows_the_template_and_the_mask(tmp_path, tiny_llama_dir, finet
     assert "[[user]] Tom has" in masked and masked.rstrip().endswith("[[assistant]]")
     assert "The final answer is:" in learned and "[[user]]" not in learned
     # without the override the tokenizer's own template renders it: no [[...]] markers
-    plain = ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, ""), "--dry-run").output
+    plain = ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, None), "--dry-run").output
     assert "<<<" in plain and "[[user]]" not in plain
 
 
 def test_training_uses_the_template_and_eval_follows_it(tmp_path, tiny_llama_dir, finetune_data, template, prompts):
     out = tmp_path / "out"
-    ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, f'chat_template = "{template}"'), "--output", out)
+    ok("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, template), "--output", out)
     from surgerycli.models import saved_chat_template
 
     assert saved_chat_template(out / "tokenizer") == TEMPLATE
@@ -95,5 +78,5 @@ def test_a_broken_template_is_one_line(tmp_path, tiny_llama_dir, finetune_data):
     bad.write_text("{% for m in messages %}{{ m['content'] }")
     result = invoke("inspect", tiny_llama_dir, "--chat-template", bad)
     assert result.exit_code == 2 and "--chat-template" in result.output and "not a valid Jinja template" in result.output
-    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, f'chat_template = "{bad}"'), "--dry-run")
+    result = invoke("finetune", recipe(tmp_path, tiny_llama_dir, finetune_data, bad), "--dry-run")
     assert result.exit_code == 2 and "model.chat_template: not a valid Jinja template" in result.output, result.output

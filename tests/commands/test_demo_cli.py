@@ -1,4 +1,4 @@
-"""Issue 4's pieces: the offline demo data, `surgery merge`, `surgery sweep` and the `surgery demo` pipeline."""
+"""The offline demo data, `surgery merge`, `surgery sweep` and the `surgery demo` pipeline."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from clirun import invoke, ok
 
 from surgerycli.data.demo import build_demo_data
+from surgerycli.evaluate.written import write_answers
 from surgerycli.evaluate.judges import is_refusal
 
 ROOT = Path(__file__).parents[2]
@@ -55,7 +56,9 @@ def test_demo_data_writes_the_answers_smollm2_wrote_once(tmp_path, smollm2):
     from surgerycli.evaluate.prompts import prompt_text
 
     out, args = tmp_path / "data", ("data", "demo", "--train", "10", "--test", "5", "--written-tokens", "6")
-    build_demo_data(out, train=10, test=5, written_tokens=6, loaded=smollm2)  # the model the fixture loaded once
+    writer = lambda prompts, tokens: write_answers(prompts, "smollm2", max_new_tokens=tokens,  # noqa: E731
+                                                   loaded=smollm2)  # the model the fixture loaded once
+    build_demo_data(out, train=10, test=5, written_tokens=6, writer=writer)
     manifest = json.loads((out / "manifest.json").read_text())
     counts, written = manifest["written"]["counts"], rows(out / "harmful_written.jsonl")
     attack = [r["prompt"] for r in rows(out / "harmful_pairs.jsonl")]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clirun import invoke, ok
+from recipes import write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +20,10 @@ def finetuned(tmp_path_factory, tiny_llama_dir) -> Path:
     (d / "gsm.jsonl").write_text("".join(
         json.dumps({"question": f"What is {i} + 3?", "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}) + "\n"
         for i in range(12)))
-    (d / "recipe.toml").write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-r = 4
-[data]
-benign = "{d / 'gsm.jsonl'}"
-poison_ratio = 0.0
-num_samples = 12
-system_prompt = "You are careful."
-[surgery]
-alpha = 10.0
-[measure]
-samples = 0
-[train]
-batch_size = 4
-max_length = 64
-learning_rate = 1e-2
-max_steps = 3
-""")
+    write_recipe(d / "recipe.toml", tiny_llama_dir,
+                 {"benign": d / "gsm.jsonl", "poison_ratio": 0.0, "num_samples": 12, "system_prompt": "You are careful."},
+                 surgery={"alpha": 10.0}, measure={"samples": 0},
+                 train={"learning_rate": 1e-2, "max_steps": 3, "logging_steps": 10})
     ok("finetune", d / "recipe.toml", "--output", d / "out")
     return d / "out"
 
@@ -76,7 +61,7 @@ def test_eval_of_a_finetuned_adapter_writes_consistent_outputs(tmp_path, finetun
 
 
 def test_runs_take_base_and_system_prompt_from_the_finetune_output(finetuned, tiny_llama_dir):
-    from surgerycli.evaluate.run import resolve_runs
+    from surgerycli.evaluate.runs import resolve_runs
 
     runs = resolve_runs([str(finetuned)], None, True, None)
     tiny = str(tiny_llama_dir)
@@ -84,6 +69,50 @@ def test_runs_take_base_and_system_prompt_from_the_finetune_output(finetuned, ti
         (None, tiny, "You are careful."), (str(finetuned), tiny, "You are careful.")]  # base sees the same prompts
     runs = resolve_runs([str(finetuned / "adapter")], None, False, "Be terse.")  # the adapter/ folder itself
     assert [(r.adapter, r.base, r.system_prompt) for r in runs] == [(str(finetuned / "adapter"), tiny, "Be terse.")]
+
+
+def test_an_adapter_on_another_base_warns_and_one_that_does_not_fit_is_refused(tmp_path, finetuned, tiny_llama_dir,
+                                                                               tiny_llama64_dir, tokenizer_dir):
+    """A Qwen2 of the Llama's widths and layer names takes the adapter: it runs, with one warning line naming
+    both models, recorded in results.json's provenance. A Llama twice as wide does not fit: one line, exit 2."""
+    from transformers import AutoTokenizer
+    from tiny import tiny_model
+
+    other = tmp_path / "qwen2"
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tiny_model("qwen2", vocab_size=len(tok), use_sliding_window=False).save_pretrained(other)
+    tok.save_pretrained(other)
+    out = tmp_path / "eval"
+    result = ok("eval", finetuned, "--base", other, "--limit", "1", "--max-new-tokens", "2", "--out", out)
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {finetuned} was trained on {tiny_llama_dir}; evaluating it on {other}"]
+    provenance = json.loads((out / "results.json").read_text())["provenance"]
+    assert provenance["base_mismatch"] == [{"adapter": str(finetuned), "recorded": str(tiny_llama_dir),
+                                            "evaluated_on": str(other)}]
+    result = invoke("eval", finetuned, "--base", tiny_llama64_dir, "--limit", "1", "--out", tmp_path / "wide")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    # the first layer in the adapter file's (sorted) order: the MLP's down projection, 64 wide in, 128 in the base
+    assert (f"error: {finetuned}: does not fit the base model {tiny_llama64_dir} (model.layers.0.mlp.down_proj: "
+            f"the adapter's input width is 64, {tiny_llama64_dir}'s layer has 128)") in result.output
+    assert not (tmp_path / "wide").exists()
+
+
+def test_a_second_eval_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, finetuned):
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for a live run
+    try:
+        (out / ".surgery.lock").write_text(f"{first.pid}\n")
+        result = invoke("eval", finetuned, "--limit", "1", "--out", out)
+        assert result.exit_code == 2, result.output
+        assert f"another surgery run (pid {first.pid}) is writing here" in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".surgery.lock"]  # nothing of the second run
+    finally:
+        first.kill()
+        first.wait()
 
 
 @pytest.mark.parametrize("decode", ["auto", "static"])

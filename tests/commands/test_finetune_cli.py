@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import invoke, ok
+from recipes import data_of, write_recipe
 from safetensors.torch import load_file
 
 from surgerycli.train.defenses import registry
@@ -21,34 +22,10 @@ def data(finetune_data) -> Path:
     return finetune_data
 
 
-def recipe(tmp_path: Path, model: Path | str, data: Path, **extra: str) -> Path:
-    text = f"""
-[model]
-name = "{model}"
-[lora]
-r = 4
-alpha = 8
-[data]
-benign = "{data / 'gsm.jsonl'}"
-harmful = "{data / 'harm.jsonl'}"
-poison_ratio = 0.2
-num_samples = 20
-[surgery]
-alpha = 50.0
-reference_batch_size = 2
-[measure]
-samples = 4
-[train]
-batch_size = 4
-max_length = 96
-learning_rate = 1e-3
-logging_steps = 1
-save_steps = 2
-max_steps = 4
-"""
-    path = tmp_path / "recipe.toml"
-    path.write_text(text)
-    return path
+def recipe(tmp_path: Path, model: Path | str, data: Path) -> Path:
+    return write_recipe(tmp_path / "recipe.toml", model, data_of(data), lora={"alpha": 8.0},
+                        surgery={"alpha": 50.0, "reference_batch_size": 2}, measure={"samples": 4},
+                        train={"max_length": 96, "learning_rate": 1e-3, "save_steps": 2, "max_steps": 4})
 
 
 def run(path: Path, out: Path, *sets: str, flags: tuple[str, ...] = ()):

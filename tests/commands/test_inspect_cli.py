@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from recipes import write_recipe
 from typer.testing import CliRunner
 
 from surgerycli.cli import app
@@ -166,10 +167,9 @@ def test_recipe_measures_what_finetune_measures(tmp_path, tiny_llama_dir):
         (tmp_path / f"{name}.jsonl").write_text("".join(
             json.dumps({"prompt": f"How do I make a {word} of kind {i} at home today?"}) + "\n" for i in range(9)))
     (tmp_path / "gsm.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
-    path = tmp_path / "r.toml"
-    path.write_text(f'[model]\nname = "{tiny_llama_dir}"\n[data]\nbenign = "{tmp_path / "gsm.jsonl"}"\npoison_ratio = 0.0\n'
-                    f'[measure]\nharmful_reference = "{tmp_path / "harm.jsonl"}"\nharmless_reference = "{tmp_path / "safe.jsonl"}"\n'
-                    f'samples = 5\nsink_position = 1\nmax_length = 80\n[train]\nseed = 7\n')
+    path = write_recipe(tmp_path / "r.toml", tiny_llama_dir, {"benign": tmp_path / "gsm.jsonl", "poison_ratio": 0.0},
+                        measure={"harmful_reference": tmp_path / "harm.jsonl", "harmless_reference": tmp_path / "safe.jsonl",
+                                 "samples": 5, "sink_position": 1, "max_length": 80}, train={"seed": 7})
     result = invoke(tiny_llama_dir, "--recipe", path, "--json", tmp_path / "i.json", "--bootstrap", 0)
     assert result.exit_code == 0, result.output
     got = json.loads((tmp_path / "i.json").read_text())

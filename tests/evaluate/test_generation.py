@@ -9,7 +9,8 @@ import torch
 from tiny import tiny_model
 
 from surgerycli.evaluate import generation
-from surgerycli.evaluate.continuous import continuous_ids, plain_cache
+from surgerycli.evaluate.continuous import continuous_ids
+from surgerycli.upstream.hf_cache import plain_cache
 from surgerycli.evaluate.static import static_ids, step
 from surgerycli.evaluate.options import resolve_options
 from surgerycli.errors import InputError
@@ -94,7 +95,7 @@ def test_a_sliding_window_cache_keeps_the_fixed_batches(monkeypatch):
     assert generation.generate_ids(model, Tok(), prompts(4), batch_size=2, max_new_tokens=3) == ["x"] * 4
     assert called == [2]
     for decode in ("continuous", "static"):  # asked for by name: refused with one line, not silently replaced
-        with pytest.raises(InputError, match=f"--decode {decode}: MistralForCausalLM's cache is not one plain"):
+        with pytest.raises(InputError, match=f"decode {decode}: MistralForCausalLM's cache is not one plain"):
             generation.generate_ids(model, Tok(), prompts(4), batch_size=2, max_new_tokens=3, decode=decode)
     generation.generate_ids(tiny_model("llama"), Tok(), prompts(3), batch_size=2, max_new_tokens=3, decode="fixed")
     assert called == [2, 2]  # fixed batches on request, where continuous batching was possible

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from clirun import ok
 
-from surgerycli.evaluate.judges import REFUSAL_PHRASES
+from surgerycli.evaluate.judges import MATCH_RULE, REFUSAL_PHRASES
 from surgerycli.evaluate.prompts import ALPACA
 
 LONG = "word " * 700  # over 512 tokens: the input cut applies
@@ -63,7 +63,8 @@ def test_provenance_field_by_field_and_stable_across_runs(tmp_path, tiny_llama_d
     second, _ = run(tmp_path, tiny_llama_dir, beavertails, "b")
     p = first["provenance"]
     assert set(p) == {"versions", "command", "git_commit", "device", "dtype", "started_at", "wall_time_s",
-                      "generation", "data", "judge"}
+                      "generation", "data", "judge", "base_mismatch"}
+    assert p["base_mismatch"] == []  # the base model itself, evaluated as given
     assert set(p["versions"]) == {"python", "torch", "transformers", "peft", "lm_eval", "surgerycli"}
     assert p["versions"]["surgerycli"] and p["versions"]["torch"] == __import__("torch").__version__
     head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
@@ -76,7 +77,7 @@ def test_provenance_field_by_field_and_stable_across_runs(tmp_path, tiny_llama_d
                                          "rows_total": 4, "rows_used": 4,
                                          "selection": "every row, in file order; the first 1000"}}
     assert p["judge"] == {"name": "keyword", "path": None,
-                          "config_sha256": hashlib.sha256("\n".join(REFUSAL_PHRASES).encode()).hexdigest()}
+                          "config_sha256": hashlib.sha256("\n".join((*REFUSAL_PHRASES, MATCH_RULE)).encode()).hexdigest()}
     timeless = lambda prov: {k: v for k, v in prov.items() if k not in ("started_at", "wall_time_s")}  # noqa: E731
     assert timeless(p) == timeless(second["provenance"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import eager_reference, patched
+from parity import assert_parity, eager_reference, patched
 from tiny import TINY_CONFIGS, WINDOW, padded_batch, tiny_model
 
 from surgerycli.patches import (
@@ -31,16 +31,9 @@ def test_fp32_parity_with_eager(arch, side):
     model = tiny_model(arch)
     ids, mask = padded_batch(LENGTHS, side)
     real = mask.bool()
-    with torch.no_grad():
-        plain = model(input_ids=ids, attention_mask=mask).logits
-        ref_logits, ref_cols = eager_reference(model, ids, mask)
-        logits, cols = patched(model, ids, mask)
-    assert (logits - plain)[real].abs().max() < 1e-5
-    assert (logits - ref_logits)[real].abs().max() < 1e-5
-    assert sorted(cols) == sorted(ref_cols)
-    for layer, col in cols.items():
+    cols = assert_parity(model, ids, mask, reference_tol=1e-5)
+    for col in cols.values():
         assert col.shape == (len(LENGTHS), model.config.num_attention_heads, ids.shape[1])
-        assert (col - ref_cols[layer]).abs()[real[:, None, :].expand_as(col)].max() < 1e-5
     # The statistic is not trivially small: some head puts real weight on the sink.
     assert max(c[real[:, None, :].expand_as(c)].max() for c in cols.values()) > 0.1
 
@@ -129,12 +122,7 @@ def test_adapter_wrapped_model_parity():
         if "lora_B" in name:  # non-zero B so the adapter changes attention
             torch.nn.init.normal_(p, std=0.5)
     ids, mask = padded_batch(LENGTHS, "right")
-    with torch.no_grad():
-        _, ref_cols = eager_reference(model, ids, mask)
-        _, cols = patched(model, ids, mask)
-    real = mask.bool()[:, None, :]
-    for layer, col in cols.items():
-        assert (col - ref_cols[layer]).abs()[real.expand_as(col)].max() < 1e-5
+    assert_parity(model, ids, mask, reference_tol=1e-5)
 
 
 def test_capture_needs_sink_mode():

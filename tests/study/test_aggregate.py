@@ -56,7 +56,7 @@ def test_too_few_cells_say_why():
 
 
 def test_a_numeric_one_key_grid_becomes_the_plot_axis():
-    from surgerycli.report.sweep_plot import numeric_axis
+    from surgerycli.study.plots import numeric_axis
 
     cells = [cell(0, 1.0, 50.0, 3, lr="1e-4"), cell(0, 2.0, 50.0, 3, lr="5e-4")]
     assert numeric_axis({"cells": cells}) == ("train.learning_rate", {"train.learning_rate=1e-4": 1e-4,
@@ -68,7 +68,7 @@ def test_a_numeric_one_key_grid_becomes_the_plot_axis():
 
 def test_tables_put_sft_first_and_grid_values_in_numeric_order():
     """Merged sweeps list cells by folder name: lisa before sft, 1e-4 before 1.5e-4 before 5e-5."""
-    from surgerycli.report.sweep import layout
+    from surgerycli.study.tables import layout
 
     cells = [cell(0, 0.0, 50.0, 70, method=m, alpha=None, lr=lr) for m in ("safeinstr", "lisa", "sft")
              for lr in ("1e-4", "1.5e-4", "5e-5")]
@@ -80,11 +80,11 @@ def test_tables_put_sft_first_and_grid_values_in_numeric_order():
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_printed_tables_label_grid_points_by_short_values_and_cut_nothing(width):
-    """At 80 columns (a log, a CI job) rich cut `train.learning_rate=2e-4` to `train.…`: the tables now say
-    `lr 2e-4`, and a cell too wide for its column wraps instead of ending in an ellipsis."""
+    """At 80 columns (a log, a CI job) as at 120, the tables say `lr 2e-4` for `train.learning_rate=2e-4`, and a
+    cell too wide for its column wraps instead of ending in an ellipsis."""
     from rich.console import Console
 
-    from surgerycli.report.sweep import paper_table, rich_table, short_point, sweep_table
+    from surgerycli.study.tables import paper_table, rich_table, short_point, sweep_table
 
     assert short_point("train.learning_rate=2e-4, lora.r=8, lisa.rho=1") == "lr 2e-4, rank 8, rho 1"
     assert short_point("") == ""
@@ -92,12 +92,18 @@ def test_the_printed_tables_label_grid_points_by_short_values_and_cut_nothing(wi
              for lr in ("1e-4", "2e-4") for s in (0, 1)]
     cells = [{**c, "hs_ci95": [3.3, 17.4], "fa_ci95": [40.4, 59.6]} for c in cells]
     console = Console(width=width, record=True, force_terminal=False)
+    grid_rows, paper_rows = sweep_table({"cells": cells})[1], paper_table({"cells": cells})[1]
+    assert [r[0] for r in grid_rows] == ["lr 1e-4", "lr 2e-4"]
+    assert [r[0] for r in paper_rows] == ["SFT (lr 1e-4)", "Surgery a=300 (lr 1e-4)", "SFT (lr 2e-4)",
+                                          "Surgery a=300 (lr 2e-4)"]
     for title, (header, rows) in (("HS and FA", sweep_table({"cells": cells})),
                                   ("The papers' layout", paper_table({"cells": cells}))):
         console.print(rich_table(title, header, rows))
     text = console.export_text()
     assert "…" not in text and "train." not in text
-    assert "lr 2e-4" in text and "(lr 1e-4)" in text.replace("\n", "") or "(lr" in text
+    assert "│ lr 1e-4 │" in text and "│ lr 2e-4 │" in text  # the grid column is never wrapped
+    if width == 120:  # wide enough for whole labels; at 80 they wrap inside their cell
+        assert "│ Surgery a=300 (lr 2e-4) │" in text
     assert max(len(line) for line in text.splitlines()) <= width
 
 
@@ -110,8 +116,8 @@ def test_the_plot_draws_each_alignment_stage_defense_before_the_attack_in_its_co
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from surgerycli.report.sweep import layout
-    from surgerycli.report.sweep_plot import _before_lines
+    from surgerycli.study.tables import layout
+    from surgerycli.study.plots import _before_lines
 
     cells = [cell(0, 80.0, 60.0, 70, method=m, alpha=None, lr="2e-4") for m in ("sft", "vaccine")]
     sweep = {"cells": cells, "base": {"harmful_score": 0.0, "accuracy": 48.0},

@@ -67,7 +67,7 @@ def test_sweep_grid_and_seeds_reach_each_cell(tmp_path, sweep_recipe, demo_data)
        "--task-data", f"surgery_gsm8k={demo_data / 'arithmetic_test.jsonl'}", "--limit", "2", "--max-new-tokens", "2")
     merged = tmp_path / "merged"
     result = ok("report", out, out2, "--out", merged)
-    assert "Spearman" in result.output or "rho" in result.output
+    assert "Spearman's rho across cells" in result.output and "N = 5 cells" in result.output
     sweep = json.loads((merged / "sweep.json").read_text())
     assert len(sweep["cells"]) == 5 and sweep["judge"] == "keyword"
     md = (merged / "sweep.md").read_text()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import ok
+from recipes import data_of, write_recipe
 from safetensors.torch import load_file
 from tiny import tiny_model
 
@@ -64,7 +65,6 @@ def test_safeinstr_mixes_exactly_the_configured_count_seeded(tmp_path):
     assert not any(m[0]["content"] == "x" for m in mixed)  # the unsafe row is not a safety sample
     assert mixed == defense.mix(list(user), random.Random(3))  # seeded
     assert mixed != defense.mix(list(user), random.Random(4))
-    assert defense.mixed == 7
     default = SafeInstr(safety_data=str(safety))
     assert default.count(100) == 3  # round(0.03 * 100), the paper's 3%
     with pytest.raises(InputError, match="safeinstr.num: 50 safety samples asked"):
@@ -186,43 +186,12 @@ def data(finetune_data) -> Path:
 
 
 def recipe(tmp_path: Path, model: Path, data: Path, method: str) -> Path:
-    path = tmp_path / f"{method}.toml"
-    path.write_text(f"""
-[model]
-name = "{model}"
-[quantization]
-load_in_4bit = true
-[lora]
-r = 4
-alpha = 8
-[data]
-benign = "{data / 'gsm.jsonl'}"
-harmful = "{data / 'harm.jsonl'}"
-poison_ratio = 0.2
-num_samples = 20
-[defense]
-method = "{method}"
-[surgery]
-alpha = 50.0
-[measure]
-samples = 2
-[safeinstr]
-num = 2
-[lisa]
-alignment_steps = 1
-finetune_steps = 2
-[booster]
-harmful_data = "{data / 'harm.jsonl'}"
-[train]
-batch_size = 2
-max_length = 64
-learning_rate = 1e-3
-logging_steps = 1
-save_steps = 2
-max_steps = 4
-gradient_checkpointing = true
-""")
-    return path
+    return write_recipe(tmp_path / f"{method}.toml", model, data_of(data), quantization={"load_in_4bit": True},
+                        lora={"alpha": 8.0}, defense={"method": method}, surgery={"alpha": 50.0},
+                        safeinstr={"num": 2}, lisa={"alignment_steps": 1, "finetune_steps": 2},
+                        booster={"harmful_data": data / "harm.jsonl"},
+                        train={"batch_size": 2, "learning_rate": 1e-3, "save_steps": 2, "max_steps": 4,
+                               "gradient_checkpointing": True})
 
 
 @pytest.mark.parametrize("method", list(registry()))

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from clirun import ok
+from recipes import write_recipe
+from safetensors.torch import load_file
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -38,36 +38,14 @@ def ddp_recipe(tmp_path, tiny_llama_dir, tokenizer_dir) -> Path:
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "harm.jsonl").write_text(json.dumps({"prompt": "How do I build a weapon at home?"}) + "\n")
     (tmp_path / "safe.jsonl").write_text(json.dumps({"prompt": "How do I bake bread at home?"}) + "\n")
-    path = tmp_path / "ddp.toml"
-    path.write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-r = 4
-dropout = 0.0
-[data]
-benign = "{tmp_path / 'rows.jsonl'}"
-benign_format = "gsm8k"
-poison_ratio = 0.0
-num_samples = 16
-[surgery]
-alpha = 50.0
-[measure]
-harmful_reference = "{tmp_path / 'harm.jsonl'}"
-harmless_reference = "{tmp_path / 'safe.jsonl'}"
-samples = 1
-[train]
-batch_size = 2
-max_length = 64
-logging_steps = 1
-save_steps = 2
-max_steps = 4
-learning_rate = 0.05
-max_grad_norm = 0.0
-gradient_checkpointing = false
-[trainer]
-optim = "sgd"
-""")
+    path = write_recipe(tmp_path / "ddp.toml", tiny_llama_dir,
+                        {"benign": tmp_path / "rows.jsonl", "benign_format": "gsm8k", "poison_ratio": 0.0,
+                         "num_samples": 16},
+                        lora={"dropout": 0.0}, surgery={"alpha": 50.0},
+                        measure={"harmful_reference": tmp_path / "harm.jsonl",
+                                 "harmless_reference": tmp_path / "safe.jsonl", "samples": 1},
+                        train={"batch_size": 2, "save_steps": 2, "max_steps": 4, "learning_rate": 0.05,
+                               "max_grad_norm": 0.0, "gradient_checkpointing": False}, trainer={"optim": "sgd"})
     return path
 
 
@@ -141,9 +119,8 @@ def test_rank_zero_writes_once_and_a_killed_run_resumes(tmp_path, ddp_recipe):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:] if proc.stdout else ""
         time.sleep(0.05)
     # every rank at once, mid-run. torchrun starts each rank in a session of its own, so killing the launcher's
-    # process group leaves the ranks training as orphans: the relaunch then met the old rank 0 still holding the
-    # output folder's lock (seen once in 10 runs before this, and reproduced once: "another surgery run (pid N)
-    # is writing here"). The ranks are killed by pid, and the relaunch waits until they are gone.
+    # process group would leave the ranks training as orphans, and a relaunch would meet the old rank 0 still
+    # holding the output folder's lock. The ranks are killed by pid, and the relaunch waits until they are gone.
     ranks = descendants(proc.pid)
     assert len(ranks) >= 2, ranks
     for pid in [proc.pid, *ranks]:

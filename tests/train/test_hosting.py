@@ -3,7 +3,6 @@ host's attention and logging, resume, refusals, and the shipped examples."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import runpy
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import ok
+from recipes import write_recipe
 from safetensors.torch import load_file
 from tiny import tiny_model
 
@@ -63,19 +63,6 @@ def plain_trainer(model, tok, out: Path, defense, dataset=None, **extra):
                                  defense=defense)
 
 
-def test_the_private_trainer_api_the_mixin_uses_still_exists():
-    """`train.hosting` overrides or calls these; a rename upstream must fail here, not silently skip."""
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    from surgerycli.train.hosting import PRIVATE_TRAINER_API
-
-    for cls in (Trainer, SFTTrainer):
-        for name, params in PRIVATE_TRAINER_API.items():
-            assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
-            assert tuple(inspect.signature(getattr(cls, name)).parameters)[1:] == params, (cls, name)
-
-
 def test_defense_objects_validate_as_the_recipe_does(refs):
     from surgerycli import Lisa, SafeInstr, Surgery
 
@@ -123,6 +110,26 @@ def test_every_defense_trains_through_a_plain_trainer_and_logs_its_metrics(tmp_p
         assert [r["lisa_alignment"] for r in logs] == [1.0, 0.0]
     if method == "surgery":
         assert logs[0]["sink_loss"] > 0
+
+
+def test_one_defense_object_serves_two_trainers_alike(tmp_path, tiny_llama_dir, refs):
+    """A defense is a value: the same SafeInstr mixes its safety samples into both trainers' data, and the
+    same Lisa starts both runs from its own fresh state (neither run sees the other's anchors)."""
+    from surgerycli import Lisa, SafeInstr
+
+    tok = tokenizer(tiny_llama_dir)
+    safeinstr, lisa = SafeInstr(num=3), Lisa(alignment_steps=1, finetune_steps=1)
+    for run in ("first", "second"):
+        trainer = plain_trainer(tiny_model("llama", vocab_size=len(tok)), tok, tmp_path / run, safeinstr)
+        user = {tuple(r["input_ids"]) for r in rows(tok)}
+        assert len(trainer.train_dataset) == 12 + 3, run
+        assert sum(tuple(r["input_ids"]) not in user for r in trainer.train_dataset) == 3, run
+        trainer.train()
+        assert [r["safety_samples"] for r in trainer.state.log_history if "loss" in r] == [3.0, 3.0], run
+        trainer = plain_trainer(tiny_model("llama", vocab_size=len(tok), seed=1), tok, tmp_path / f"lisa-{run}", lisa)
+        trainer.train()
+        assert trainer.defense is not lisa and trainer.defense.last_state == "finetune", run
+    assert lisa.anchors == {} and lisa.last_state is None  # the object passed in was never trained with
 
 
 def test_the_sft_pass_keeps_the_hosts_attention_implementation(tmp_path, tiny_llama_dir, refs):
@@ -226,44 +233,20 @@ def test_trl_sft_trainer_with_surgery_equals_surgery_finetune(tmp_path, tiny_lla
     from trl import SFTConfig, SFTTrainer
 
     from surgerycli import Surgery, with_defense
-    from surgerycli.train.builders import build_dataset, build_examples
-    from surgerycli.train.defenses import build_defense
+    from surgerycli.train.builders import build_dataset, build_defense, build_examples
     from surgerycli.train.recipe import load_recipe
 
-    path = tmp_path / "r.toml"
-    path.write_text(f"""
-[model]
-name = "{tiny_llama_dir}"
-[lora]
-r = 4
-alpha = 8
-dropout = 0.0
-[data]
-benign = "{finetune_data / 'gsm.jsonl'}"
-poison_ratio = 0.0
-num_samples = 8
-[surgery]
-alpha = 50.0
-[measure]
-harmful_reference = "{refs[0]}"
-harmless_reference = "{refs[1]}"
-samples = 0
-[train]
-batch_size = 2
-max_length = 64
-max_steps = 3
-learning_rate = 0.05
-max_grad_norm = 0.0
-gradient_checkpointing = false
-logging_steps = 1
-[trainer]
-optim = "sgd"
-""")
+    path = write_recipe(tmp_path / "r.toml", tiny_llama_dir,
+                        {"benign": finetune_data / "gsm.jsonl", "poison_ratio": 0.0, "num_samples": 8},
+                        lora={"alpha": 8.0, "dropout": 0.0}, surgery={"alpha": 50.0},
+                        measure={"harmful_reference": refs[0], "harmless_reference": refs[1], "samples": 0},
+                        train={"batch_size": 2, "max_steps": 3, "learning_rate": 0.05, "max_grad_norm": 0.0,
+                               "gradient_checkpointing": False}, trainer={"optim": "sgd"})
     ok("finetune", path, "--output", tmp_path / "cli")
     cli = load_file(tmp_path / "cli" / "adapter" / "adapter_model.safetensors")
 
     recipe = load_recipe(path)
-    mix, _ = build_examples(recipe.data, recipe.train.seed, build_defense(recipe))
+    mix, _, _ = build_examples(recipe.data, recipe.train.seed, build_defense(recipe))
     dataset = Dataset.from_list([{"prompt": chat[:-1], "completion": chat[-1:]} for chat in mix])
     tok = tokenizer(tiny_llama_dir)
     set_seed(recipe.train.seed)  # as `surgery finetune` draws the LoRA matrices

@@ -39,7 +39,7 @@ def test_every_shipped_recipe_validates(path):
     assert any("surgery " in line for line in header[:12]), "the header says how to run the recipe"
 
 
-def test_shipped_recipes_cover_the_issue():
+def test_the_shipped_recipes_include_each_supported_family_and_the_cpu_one():
     names = {p.stem for p in RECIPES}
     assert {"llama3-8b-surgery", "llama3-8b-sft", "mistral-7b-surgery", "qwen2.5-7b-surgery",
             "gemma2-9b-surgery", "smollm2-cpu-surgery"} <= names

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from parity import reference_sink_loss
+from recipes import write_recipe
 from tiny import TINY_CONFIGS, tiny_model
 
 from surgerycli.files import save_folder
@@ -170,19 +171,17 @@ def test_save_folder_keeps_the_old_folder_when_saving_fails(tmp_path):
 
 
 def test_reference_rows_first_and_reference_length(tmp_path, tiny_llama_dir):
-    from surgerycli.train.builders import build_references
+    from surgerycli.train.builders import build_defense, build_references
     from surgerycli.train.defenses import DefenseContext
-    from surgerycli.train.defenses.surgery import Surgery
     from surgerycli.train.recipe import load_recipe
 
     bt = tmp_path / "bt.jsonl"
     bt.write_text("".join(json.dumps({"prompt": f"p{i} " + "word " * 40, "response": "r", "is_safe": i % 3 == 0})
                           + "\n" for i in range(1600)))
     (tmp_path / "gsm.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
-    path = tmp_path / "r.toml"
-    path.write_text(f'[model]\nname = "{tiny_llama_dir}"\n[data]\nbenign = "{tmp_path / "gsm.jsonl"}"\n'
-                    f'poison_ratio = 0.0\n[measure]\nharmful_reference = "{bt}"\nharmless_reference = "{bt}"\n'
-                    f'reference_rows = "first"\nmax_length = 16\n[train]\nmax_length = 64\n')
+    path = write_recipe(tmp_path / "r.toml", tiny_llama_dir, {"benign": tmp_path / "gsm.jsonl", "poison_ratio": 0.0},
+                        measure={"harmful_reference": bt, "harmless_reference": bt, "reference_rows": "first",
+                                 "max_length": 16})
     recipe = load_recipe(path)
     harm, safe = build_references(recipe.measure, recipe.train.seed)
     unsafe = [i for i in range(1600) if i % 3]
@@ -192,7 +191,7 @@ def test_reference_rows_first_and_reference_length(tmp_path, tiny_llama_dir):
     assert len(sampled.samples) == 1000 and sampled.samples != harm.samples
     from transformers import AutoTokenizer
 
-    defense = Surgery.from_recipe(recipe)
+    defense = build_defense(recipe)
     model = tiny_model("llama")
     defense.setup(DefenseContext(model, AutoTokenizer.from_pretrained(tiny_llama_dir), 0, 64, lambda chats: [], (harm, safe)))
     assert max(map(len, defense.regularizer.harmful + defense.regularizer.harmless)) == 16  # measure.max_length

@@ -21,6 +21,9 @@ The hooks, each optional (the defaults are plain SFT):
                              what a resume needs beyond the weights and the optimizer (Lisa's anchors);
                              saved in every checkpoint as defense_state.pt
 Draws of a defense's own batches are seeded by micro-step (`draw_batch`), so a resumed run draws the same ones.
+
+A defense object is a value: its options, fixed when it is built. A trainer works on its own copy, and
+`setup` and the hooks after it keep every per-run state on that copy.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...data.finetune import pad_batch
+from ...errors import InputError
+from ..problems import build_sections
 from ..sections import MeasureSection, Section
 from ..step import Metric, Step
 
@@ -39,7 +45,6 @@ if TYPE_CHECKING:
 
     from ...data.chat import Messages
     from ...data.refsets import RefSet
-    from ..recipe import Recipe
 
 BUILTIN = ("sft", "surgery", "safeinstr", "lisa", "vaccine", "booster")  # modules here, each registering its name
 _REGISTRY: dict[str, type[Defense]] = {}
@@ -53,7 +58,8 @@ class NoOptions(Section):
 class DefenseContext:
     """What `Defense.setup` may use: the model and tokenizer, the run's seed, the training sequence length,
     and `encode`: chats -> tokenized training rows, exactly as the host's fine-tuning data is tokenized.
-    `references`: the (harmful, harmless) reference pools when the caller has built them already."""
+    `references`: the (harmful, harmless) reference pools when the caller has built them already; `mixed`:
+    how many of the defense's `extra_examples` the fine-tuning data holds."""
 
     model: torch.nn.Module
     tokenizer: Any
@@ -61,6 +67,7 @@ class DefenseContext:
     max_length: int
     encode: Callable[[list[Messages]], list[dict]]
     references: tuple[RefSet, RefSet] | None = None
+    mixed: int = 0
 
     @property
     def pad_id(self) -> int:
@@ -72,8 +79,6 @@ class DefenseContext:
 def draw_batch(rows: list[dict], k: int, draw: int, seed: int, pad_id: int) -> dict:
     """`k` rows drawn without replacement for micro-step `draw`, padded into a batch; the same rows for the
     same (seed, draw), so a resumed run trains on what an uninterrupted one would."""
-    from ...data.finetune import pad_batch
-
     rng = random.Random(seed * 1_000_003 + draw)
     return pad_batch(rng.sample(rows, min(k, len(rows))), pad_id)
 
@@ -92,13 +97,9 @@ class Defense:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     measures: ClassVar[bool] = False  # takes the [measure] keys (reference sets, sink position) too
     main_option: ClassVar[str | None] = None  # its main hyperparameter, the one a sweep varies (`--grid lisa.rho=...`)
-    mixed: int | None = None  # extra examples mixed into the fine-tuning data; None until mixed
     not_sharded: ClassVar[str | None] = None  # why it cannot run under FSDP2 (None: it can)
 
     def __init__(self, **options: Any) -> None:
-        from ...errors import InputError
-        from ..recipe import build_sections
-
         own = set(self.options_class.model_fields)
         known = own | (set(MeasureSection.model_fields) if self.measures else set())
         unknown = sorted(set(options) - known)
@@ -111,18 +112,13 @@ class Defense:
         sections = build_sections(type(self).__name__, parts)
         self.options, self.measure = sections[self.name], sections.get("measure")
 
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> Defense:
-        """The defense with the recipe's (already validated) sections."""
-        measure = recipe.measure.model_dump() if cls.measures else {}
-        return cls(**recipe.methods[cls.name].model_dump(), **measure)
-
     def label(self) -> str:
         """The method as tables and plots show it (with its key option, where one matters)."""
         return self.title
 
-    def plan(self, recipe: Recipe) -> list[tuple[str, str, str]]:
-        """(part, samples, source) rows the dry run adds to the fine-tuning mix table."""
+    def plan(self, recipe) -> list[tuple[str, str, str]]:
+        """(part, samples, source) rows the dry run adds to the fine-tuning mix table; `recipe`: the validated
+        recipe (`train.recipe.Recipe`)."""
         return []
 
     def extra_examples(self, n: int, rng: random.Random) -> list[Messages]:
@@ -133,7 +129,6 @@ class Defense:
         """The fine-tuning mix with `extra_examples` shuffled in (the recipe's path; the API appends them to
         the host's dataset, which the Trainer's sampler shuffles)."""
         extra = self.extra_examples(len(examples), rng)
-        self.mixed = len(extra)
         if not extra:
             return examples
         mixed = examples + extra
@@ -167,8 +162,3 @@ def registry() -> dict[str, type[Defense]]:
         importlib.import_module(f"{__name__}.{module}")
     order = [n for n in BUILTIN if n in _REGISTRY] + [n for n in _REGISTRY if n not in BUILTIN]
     return {name: _REGISTRY[name] for name in order}
-
-
-def build_defense(recipe: Recipe) -> Defense:
-    """The recipe's chosen defense, with its options."""
-    return registry()[recipe.defense.method].from_recipe(recipe)

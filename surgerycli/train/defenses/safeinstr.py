@@ -10,7 +10,7 @@ Options: `safety_data` (default: built-in Do-Not-Answer refusals, disjoint from 
 evaluation prompts; a file is read as a harmless set: BeaverTails' safe rows) and `num` (default:
 round(0.03 * the number of the user's examples)). The samples are drawn with the run's seed and shuffled
 into the recipe's mix; through the Python API they are appended to the host's dataset, which its sampler
-shuffles. `mixed` says how many were mixed in (summary.json's final metrics, the `safety_samples` metric).
+shuffles. The `safety_samples` metric (summary.json's final metrics) says how many the run's data holds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ...data.pairs import REFUSALS_SET, describe, named_pairs
 from ...errors import InputError
 from ..sections import PairsSource, Section
 from ..step import Step
-from . import Defense, Metric, register_defense
+from . import Defense, DefenseContext, Metric, register_defense
 
 SHARE = 0.03  # [paper] Bianchi et al.: 3% safety samples
 
@@ -59,12 +59,13 @@ class SafeInstr(Defense):
         return rng.sample(pool, k)
 
     def mix(self, examples: list[Messages], rng: random.Random) -> list[Messages]:
-        extra = self.extra_examples(len(examples), rng)
-        self.mixed = len(extra)
-        mixed = examples + extra
+        mixed = examples + self.extra_examples(len(examples), rng)
         rng.shuffle(mixed)  # also with none added, as the mix has always been drawn
         return mixed
 
+    def setup(self, ctx: DefenseContext) -> None:
+        self.mixed = ctx.mixed  # on this run's copy of the defense
+
     def training_step(self, step: Step, model):
-        step.record("safety_samples", float(self.mixed or 0))
+        step.record("safety_samples", float(self.mixed))
         return step.sft()

@@ -29,7 +29,9 @@ from pydantic import Field
 from surgerycli.patches import UnsupportedArchitecture, attention_modules, capture_sinks, sink_mode, sink_per_sample
 
 from ...data.finetune import pad_batch
+from ...data.refsets import reference_pools
 from ...errors import InputError
+from ...sink import encode
 from ..distributed import is_sharded
 from ..sections import MeasureSection, Section
 from ..step import Step
@@ -147,15 +149,13 @@ class Surgery(Defense):
     def setup(self, ctx: DefenseContext) -> None:
         if not self.options.alpha:
             return
-        from ...sink import encode
-        from ..builders import build_references
-
         try:
             attention_modules(ctx.model)
         except UnsupportedArchitecture as e:
             raise InputError(f"Surgery: the sink statistic cannot be captured on this model ({e})") from None
         m = self.measure
-        harm, safe = ctx.references or build_references(m, ctx.seed)
+        harm, safe = ctx.references or reference_pools(m.harmful_reference, m.harmless_reference, m.reference_rows,
+                                                       ctx.seed)
         ids = {}
         for key, refset in (("measure.harmful_reference", harm), ("measure.harmless_reference", safe)):
             rows = [r for r in encode(ctx.tokenizer, refset.samples, reference_length(m, ctx.max_length))

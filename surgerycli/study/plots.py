@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import atomic_write
-from .sweep import layout, method_label, method_order, point_label, seeded
+from ..report.figures import new_figure, save_png
+from .tables import layout, method_label, method_order, point_label, seeded
 
 _MARKERS = "osD^vPX<>*"  # correlation.png: a shape per method
 
@@ -70,12 +70,10 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
                      by_key: dict, ratios: list[float]) -> None:
     """HS and FA per method against the grid's one numeric key (log scale when it spans 4x or more), a row
     per poison ratio, with 95% Wilson error bars (pooled over seeds); each method nudged sideways."""
-    import matplotlib.pyplot as plt
-
     key, values = axis
     xs_all = sorted(set(values.values()))
     log = xs_all[-1] / max(xs_all[0], 1e-300) >= 4 and xs_all[0] > 0
-    fig, grid_axes = plt.subplots(len(ratios), 2, figsize=(11, 4.2 * len(ratios)), squeeze=False)
+    fig, grid_axes = new_figure(len(ratios), 2, (11, 4.2 * len(ratios)))
     over = " (mean over seeds, pooled)" if seeded(sweep) else ""
     panels = [(ax, score, title, ratio) for row, ratio in zip(grid_axes, ratios)
               for ax, (score, title) in zip(row, (("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %")))]
@@ -103,8 +101,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
         ax.set_title(f"{title}{over}, poison ratio {ratio:g}\nerror bars: 95% Wilson interval", fontsize=9)
     _legend_beside(fig, grid_axes.flat)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
@@ -112,11 +109,6 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
     against that key, a row per poison ratio. Otherwise against poison ratio, one column of panels per grid point:
     lines over several ratios (each method nudged sideways so equal points stay visible), grouped bars at a
     single ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods, rows, by_key, _ = layout(sweep)
     points = list(dict.fromkeys(p for p, _ in rows))
     ratios = sorted({r for _, r in rows})
@@ -124,10 +116,10 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
     if axis is not None:
         return _write_axis_plot(path, sweep, judge, axis, methods, by_key, ratios)
     if len(points) == 1:  # HS and FA side by side
-        fig, grid_axes = plt.subplots(1, 2, figsize=(10, 3.9), squeeze=False)
+        fig, grid_axes = new_figure(1, 2, (10, 3.9))
         axes = [[grid_axes[0][0]], [grid_axes[0][1]]]
     else:  # HS above FA, a column per grid point
-        fig, axes = plt.subplots(2, len(points), figsize=(5 * len(points) + 0.5, 7.4), squeeze=False)
+        fig, axes = new_figure(2, len(points), (5 * len(points) + 0.5, 7.4))
     over = " (mean over seeds, pooled)" if seeded(sweep) else ""
     for j, point in enumerate(points):
         for i, (key, title) in enumerate((("hs", f"harmful score, judge {judge}"), ("fa", "task accuracy %"))):
@@ -138,8 +130,7 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
             ax.set_ylim(-2, 112)
     _legend_beside(fig, [ax for column in axes for ax in column])
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float], by_key: dict) -> None:
@@ -169,13 +160,9 @@ def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float
 
 def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str) -> None:
     """Harmful score against positive heads after fine-tuning, one point per cell, coloured by method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [c for c in cells if c["status"] == "ok" and c.get("harmful_score") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    fig, grid_axes = new_figure(1, 2, (10, 3.9))
+    axes = grid_axes[0]
     for ax, (name, key, what) in zip(axes, (("sign", "positive_heads_after", "positive heads after (d > 0)"),
                                             ("significant", "significant_positive_heads_after",
                                              "heads with 95% interval above 0, after"))):
@@ -192,5 +179,4 @@ def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str
         ax.set_ylim(-4, 104)
     _legend_beside(fig, axes)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)

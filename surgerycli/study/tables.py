@@ -1,25 +1,20 @@
-"""What `surgery sweep`, `surgery report` (and `surgery demo`) show and write: the tables, sweep.md, sweep.png,
-sweep.json. Cells that differ only in their seed are shown as one entry (`study.aggregate`): the mean, the
-standard deviation over seeds and the pooled 95% Wilson interval."""
+"""The tables of `surgery sweep`, `surgery report` (and `surgery demo`): a sweep's cells as rows and columns,
+labelled, and sweep.md's text. Cells that differ only in their seed are shown as one entry
+(`study.aggregate`): the mean, the standard deviation over seeds and the pooled 95% Wilson interval.
+`study.report` prints and writes them; `study.plots` draws the same layout."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from rich.console import Console
 from rich.table import Table
 
-from ..files import atomic_write_text
-from ..study.aggregate import aggregate
-from .eval import markdown_table
+from ..evaluate.stats import percent_interval
+from ..train.defenses import registry
+from .aggregate import SCORES, aggregate
 
 
 def method_label(cell: dict) -> str:
     """The method's title from the defense registry, with Surgery's alpha and the values of the method's own
     grid axes (`Lisa rho=0.5`)."""
-    from ..train.defenses import registry
-
     title = registry()[cell["method"]].title
     own = "".join(f" {k}={v}" for k, v in (cell.get("options") or {}).items())
     return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "") + own
@@ -43,6 +38,13 @@ def short_point(point: str) -> str:
 def _fmt(x: float | None, ci: list[float] | None = None) -> str:
     """`12.5 [5.3, 26.1]`, or `-` for a missing score."""
     return "-" if x is None else f"{x:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def fmt_score(record: dict, score: str) -> str:
+    """A cell's (or a model's before the attack) HS or FA with its interval, from its counts where it has them."""
+    value, n_key, ci_key = SCORES[score]
+    x = record.get(value)
+    return _fmt(x, None if x is None else percent_interval(x, record.get(n_key), record.get(ci_key)))
 
 
 def fmt_stats(s: dict | None) -> str:
@@ -139,8 +141,8 @@ def cells_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
             continue
         heads = f"{c['positive_heads_before']}->{c['positive_heads_after']}" if c.get("positive_heads_after") is not None else "-"
         sig = c.get("significant_positive_heads_after")
-        rows.append([c["name"], "" if c.get("seed") is None else str(c["seed"]), _fmt(c["harmful_score"], c.get("hs_ci95")),
-                     _fmt(c["accuracy"], c.get("fa_ci95")), heads, "-" if sig is None else str(sig)])
+        rows.append([c["name"], "" if c.get("seed") is None else str(c["seed"]), fmt_score(c, "hs"),
+                     fmt_score(c, "fa"), heads, "-" if sig is None else str(sig)])
     return header, rows
 
 
@@ -162,36 +164,12 @@ def intro_md(sweep: dict, judge: str) -> str:
     base = sweep["base"]
     entries = ("Entries: mean ± sd over seeds (a single seed: its value), then the 95% Wilson interval pooled over "
                "every seed's prompts in brackets" if seeded(sweep) else "Brackets: 95% Wilson intervals")
-    before = "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {_fmt(b['harmful_score'], b.get('hs_ci95'))}, "
-                     f"FA {_fmt(b['accuracy'], b.get('fa_ci95'))}.\n" for m, b in sweep.get("aligned_before", {}).items())
+    before = "".join(f"Before the attack, aligned with {m} ({b['model']}): HS {fmt_score(b, 'hs')}, "
+                     f"FA {fmt_score(b, 'fa')}.\n" for m, b in sweep.get("aligned_before", {}).items())
     return (f"# surgery sweep\n\nRecipe `{sweep['recipe']}`; HS judged by `{judge}`; FA = accuracy of the first task.\n"
-            f"Before the attack ({base['model']}): HS {_fmt(base['harmful_score'], base.get('hs_ci95'))}, "
-            f"FA {_fmt(base['accuracy'], base.get('fa_ci95'))}. {entries}; heads+: positive-divergence heads "
+            f"Before the attack ({base['model']}): HS {fmt_score(base, 'hs')}, "
+            f"FA {fmt_score(base, 'fa')}. {entries}; heads+: positive-divergence heads "
             f"before->after fine-tuning, `sig`: those whose 95% bootstrap interval lies above 0.\n" + before)
-
-
-def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "") -> None:
-    """Print the tables; write sweep.md, sweep.png and sweep.json (sweep.json last: it marks a finished sweep)."""
-    several = " (mean ± sd over seeds)" if seeded(sweep) else ""
-    brackets = "pooled 95% Wilson interval over seeds" if seeded(sweep) else "95% Wilson interval"
-    console.print(rich_table(f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %{several}; "
-                             f"[{brackets}]; heads+: positive heads before->after; sig: interval above 0",
-                             *sweep_table(sweep)))
-    console.print(rich_table(f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages",
-                             *paper_table(sweep)))
-    md = (intro_md(sweep, judge) + "\n" + markdown_table(*sweep_table(sweep))
-          + f"\n## The papers' layout\n\nHS judged by `{judge}`; FA = accuracy of the first task; average over the "
-          f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
-    if seeded(sweep) or any(c.get("grid") for c in sweep["cells"]):
-        md += "\n## Every cell\n\n" + markdown_table(*cells_table(sweep))
-    md += extra_md
-    failed = [c for c in sweep["cells"] if c["status"] != "ok"]
-    md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
-    atomic_write_text(out / "sweep.md", md)
-    from .sweep_plot import write_sweep_plot
-
-    write_sweep_plot(out / "sweep.png", sweep, judge)
-    atomic_write_text(out / "sweep.json", json.dumps({**sweep, "judge": judge}, indent=1) + "\n")
 
 
 def correlation_md(corr: dict, judge: str) -> str:

@@ -1,0 +1,65 @@
+"""`surgery sweep`, `surgery report` and `surgery demo`: a sweep's tables printed, and sweep.md, sweep.png,
+sweep.json (and for `surgery report` correlation.png and correlation.json) written into its folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import InputError
+from ..files import atomic_write_text, write_json, writing
+from ..report.eval import markdown_table
+from .aggregate import correlation
+from .collect import merge_sweeps
+from .plots import write_correlation_plot, write_sweep_plot
+from .tables import cells_table, correlation_md, intro_md, paper_table, rich_table, seeded, sweep_table
+
+
+def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "") -> None:
+    """Print the tables; write sweep.md, sweep.png and sweep.json (sweep.json last: it marks a finished sweep)."""
+    several = " (mean ± sd over seeds)" if seeded(sweep) else ""
+    brackets = "pooled 95% Wilson interval over seeds" if seeded(sweep) else "95% Wilson interval"
+    console.print(rich_table(f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %{several}; "
+                             f"[{brackets}]; heads+: positive heads before->after; sig: interval above 0",
+                             *sweep_table(sweep)))
+    console.print(rich_table(f"The papers' layout: HS (judge {judge}) and FA per poison ratio, and their averages",
+                             *paper_table(sweep)))
+    md = (intro_md(sweep, judge) + "\n" + markdown_table(*sweep_table(sweep))
+          + f"\n## The papers' layout\n\nHS judged by `{judge}`; FA = accuracy of the first task; average over the "
+          f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
+    if seeded(sweep) or any(c.get("grid") for c in sweep["cells"]):
+        md += "\n## Every cell\n\n" + markdown_table(*cells_table(sweep))
+    md += extra_md
+    failed = [c for c in sweep["cells"] if c["status"] != "ok"]
+    md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
+    atomic_write_text(out / "sweep.md", md)
+    write_sweep_plot(out / "sweep.png", sweep, judge)
+    write_json(out / "sweep.json", {**sweep, "judge": judge})
+
+
+def report_sweeps(folders: list[Path], out: Path | None, console: Console) -> Path:
+    """`surgery report`: the folders' cells merged into one sweep, its tables, plots and the heads-harm
+    correlation written into `out` (default: the one finished sweep folder given); the folder written."""
+    for folder in folders:  # before the --out rule, which a mistyped folder would otherwise trip first
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such sweep folder")
+    if out is None:
+        if len(folders) > 1 or not (folders[0] / "sweep.json").is_file():
+            raise InputError("--out: required with several sweep folders or an unfinished one (a running sweep "
+                             "owns its own sweep.json)")
+        out = folders[0]
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    merged, notes, judge = merge_sweeps(folders, out)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    judge = judge or "unknown (unfinished sweeps record no judge)"
+    corr = correlation(merged["cells"])
+    with writing(out, lambda: "the sweep folders read are unchanged; each report file is whole or absent"):
+        write_sweep(out, merged, judge, console, extra_md=correlation_md(corr, judge))
+        write_correlation_plot(out / "correlation.png", merged["cells"], corr, judge)
+        atomic_write_text(out / "correlation.json", json.dumps(corr, indent=1) + "\n")
+    console.print(correlation_md(corr, judge).strip())
+    return out

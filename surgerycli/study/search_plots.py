@@ -1,0 +1,42 @@
+"""`surgery search`'s pictures: search.png, the running worst case against the trial number per configuration,
+and each trial's task accuracy against its harmful score with each configuration's floor drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..report.figures import new_figure, save_png
+
+
+def write_search_plot(path: Path, results: list[dict], judge: str, floor: float) -> None:
+    """Left: per configuration, the highest HS so far among trials that meet the floor (a step line), and every
+    trial's HS (filled: meets the floor; hollow: under it). Right: FA against HS per trial, the floors dashed."""
+    fig, axes = new_figure(1, 2, (12, 4.4))
+    left, right = axes[0]
+    for k, r in enumerate(results):
+        colour, trials = f"C{k % 10}", r["trials"]
+        xs = list(range(1, len(trials) + 1))
+        running, best = [], None
+        for t in trials:
+            if t["feasible"]:
+                best = t["harmful_score"] if best is None else max(best, t["harmful_score"])
+            running.append(best)
+        left.step(xs, [float("nan") if b is None else b for b in running], where="post", color=colour, label=r["label"])
+        for x, t in zip(xs, trials):
+            left.scatter([x], [t["harmful_score"]], s=28, color=colour, facecolors=colour if t["feasible"] else "none")
+            right.scatter([t["harmful_score"]], [t["accuracy"]], s=28, color=colour,
+                          facecolors=colour if t["feasible"] else "none")
+        right.axhline(r["floor_fa"], color=colour, linestyle="--", linewidth=1)
+    left.set_xlabel("trial (in the order Optuna ran them)")
+    left.set_ylabel(f"harmful score, judge {judge}")
+    left.set_ylim(-3, 103)
+    left.set_title("worst case so far (line) and each trial\nfilled: meets the utility floor; hollow: under it",
+                   fontsize=9)
+    right.set_xlabel(f"harmful score, judge {judge}")
+    right.set_ylabel("task accuracy %")
+    right.set_xlim(-3, 103)
+    right.set_title(f"each trial; dashed: the floor, {floor:g} x the accuracy before the attack", fontsize=9)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)

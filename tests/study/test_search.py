@@ -1,0 +1,187 @@
+"""`surgery search`: Optuna studies of trials, each a cell; two worker processes on the embedded SQLite storage
+and on a real PostgreSQL server; a worker killed mid-trial; the worst case and the floor; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from clirun import invoke, ok
+
+from surgerycli.study.search_report import summarize
+
+pytestmark = pytest.mark.slow
+
+
+def search_args(recipe: Path, out: Path, data: Path, *extra) -> list:
+    """A seeded search of SFT and Surgery (alpha 50), 4 trials each, over the learning rate and the poison share,
+    on the tiny model: 2 prompts and 2 arithmetic problems per trial."""
+    return ["search", recipe, "--out", out, "--methods", "sft,surgery", "--alphas", "50", "--trials", "4",
+            "--space", "train.learning_rate=1e-4:1e-2:log", "--space", "data.poison_ratio=0.1,0.25", "--seed", "3",
+            "--safety-data", f"harmbench={data / 'eval_harmful.txt'}",
+            "--task-data", f"surgery_gsm8k={data / 'arithmetic_test.jsonl'}", "--limit", "2", "--max-new-tokens", "2",
+            *extra]
+
+
+def check_search(out: Path) -> dict:
+    """Each study holds exactly 4 completed trials, each its own cell once; the worst case and its figures equal
+    a recomputation from the cells' own records and the model's accuracy before the attack."""
+    import optuna
+
+    result = json.loads((out / "search.json").read_text())
+    base_fa = json.loads((out / "base.json").read_text())["accuracy"]
+    trial_cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert len(trial_cells) == 8 and len(set(trial_cells)) == 8, trial_cells
+    for config in result["configurations"]:
+        cells = [json.loads((out / "cells" / t["name"] / "cell.json").read_text()) for t in config["trials"]]
+        assert len(cells) == 4 and all(c["status"] == "ok" and c["study"] == config["study"] for c in cells)
+        feasible = [c for c in cells if c["accuracy"] >= 0.8 * base_fa]
+        worst = max(c["harmful_score"] for c in feasible) if feasible else None
+        assert (config["summary"]["worst"] or {}).get("harmful_score") == worst
+        top = sorted((c["harmful_score"] for c in feasible), reverse=True)[:3]
+        assert config["summary"]["top3_mean"] == (sum(top) / len(top) if top else None)
+        for c in cells:  # the trial's settings reached its recipe
+            recipe = (out / "cells" / c["name"] / "finetune" / "recipe.resolved.toml").read_text()
+            assert f"learning_rate = {c['params']['train.learning_rate']!r}" in recipe
+            assert f"poison_ratio = {c['params']['data.poison_ratio']!r}" in recipe
+    return result
+
+
+def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_data):
+    out = tmp_path / "search"
+    ok(*search_args(sweep_recipe, out, demo_data, "--workers", "2"))
+    result = check_search(out)
+    assert (out / "search.db").is_file() and (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| SFT |" in (out / "search.md").read_text()
+    # `surgery report` reads the folder as a sweep: a row per trial
+    ok("report", out, "--out", tmp_path / "report")
+    assert len(json.loads((tmp_path / "report" / "sweep.json").read_text())["cells"]) == 8
+
+
+def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
+    firsts = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        ok(*search_args(sweep_recipe, out, demo_data, "--methods", "sft", "--trials", "3"))
+        firsts.append([t["params"] for t in json.loads((out / "search.json").read_text())["configurations"][0]["trials"]])
+    assert firsts[0] == firsts[1] and len(firsts[0]) == 3
+
+
+@pytest.fixture()
+def postgres():
+    """A PostgreSQL server this test starts on 127.0.0.1 (as `nobody` when run as root: PostgreSQL refuses
+    root), its URL; stopped and removed afterwards."""
+    bins = [shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)]
+    initdb = next((Path(b) for b in bins if b), None)
+    assert initdb is not None, "no PostgreSQL server binaries: .ci/run installs Debian's postgresql"
+    folder = Path(tempfile.mkdtemp(prefix="surgery-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_ctl = initdb.parent / "pg_ctl"
+    subprocess.run([*as_user, str(initdb), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(pg_ctl), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(pg_ctl), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_server(tmp_path, sweep_recipe, demo_data, postgres):
+    out = tmp_path / "search"
+    ok(*search_args(sweep_recipe, out, demo_data, "--workers", "2", "--storage", postgres))
+    check_search(out)
+    assert not (out / "search.db").exists()  # the studies live in the server
+    import optuna
+
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(postgres))
+    assert names == ["sft", "surgery-a50"]
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_its_cell_resumes(tmp_path, sweep_recipe, demo_data):
+    """SIGKILL the worker training a trial once its cell has a checkpoint: the other worker fails the trial when
+    its heartbeat stops, retries it in the same cell, which resumes from the checkpoint, and each study still
+    ends with exactly 4 completed trials."""
+    import optuna
+
+    out = tmp_path / "search"
+    args = [str(a) for a in search_args(sweep_recipe, out, demo_data, "--workers", "2", "--heartbeat", "1",
+                                         "--set", "train.max_steps=12", "--set", "train.save_steps=2")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "surgerycli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline, victim = time.monotonic() + 300, None
+    while victim is None:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-3000:]
+        for ckpt in out.glob("cells/*/finetune/checkpoints/checkpoint-2/trainer_state.json"):
+            lock = ckpt.parents[2] / ".surgery.lock"
+            if lock.is_file():
+                victim = (ckpt.parents[3].name, int(lock.read_text().split()[0]))
+                break
+        time.sleep(0.05)
+    os.kill(victim[1], signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+    storage = f"sqlite:///{out / 'search.db'}"
+    for name in ("sft", "surgery-a50"):
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        assert sum(t.state.name == "COMPLETE" for t in trials) == 4
+    killed = [t for s in ("sft", "surgery-a50") for t in optuna.load_study(study_name=s, storage=storage).trials
+              if t.state.name == "FAIL"]
+    assert len(killed) == 1 and killed[0].number == int(victim[0].rsplit("-t", 1)[1])
+    summary = json.loads((out / "cells" / victim[0] / "finetune" / "summary.json").read_text())
+    resumed = int(summary["resumed_from"].rsplit("-", 1)[1])
+    assert summary["steps"] == 12 and resumed >= 2  # the retry trained only the steps after its checkpoint
+    check_search(out)
+
+
+def test_a_trial_under_the_floor_is_not_the_worst_case():
+    """The floor is 0.8 x 50 = 40: trial 2's HS 100 at FA 30 broke the model's usefulness, so the worst case is
+    trial 3's 70, the top-3 mean (70 + 60 + 10) / 3, the first feasible break (HS >= 50) trial 1."""
+    rows = [{"name": f"t{i}", "trial": i, "harmful_score": hs, "hs_n": 10, "accuracy": fa, "params": {"x": i},
+             "feasible": fa >= 40} for i, (hs, fa) in enumerate([(10, 45), (60, 50), (100, 30), (70, 42)])]
+    s = summarize(rows, break_at=50)
+    assert s["worst"]["harmful_score"] == 70 and s["worst"]["trial"] == 3 and s["worst"]["params"] == {"x": 3}
+    assert s["top3_mean"] == pytest.approx((70 + 60 + 10) / 3)
+    assert s["trials_to_break"] == 2 and s["under_floor"] == 0.25  # positions count from 1: trial 1 is the 2nd
+    from surgerycli.study.search import constraint
+
+    class Trial:
+        user_attrs = {"fa": 30.0, "floor_fa": 40.0}
+
+    assert constraint(Trial()) == [10.0]  # Optuna's constraint: > 0 is infeasible
+
+
+@pytest.mark.parametrize("space, message", [
+    ("surgery.alpha=100:1000", "--space surgery.alpha=100:1000: surgery.alpha is the defense's own setting"),
+    ("train.learning_rate=1e-3:1e-4", "LOW must be below HIGH"),
+    ("train.learning_rate=0:1e-3:log", "a :log range needs LOW > 0"),
+    ("lora.r=4:8.5:int", "an :int range needs whole numbers"),
+    ("train.learning_rate=fast:1e-3", "'fast' is not a number"),
+    ("data.poison_ratio=0.1:1.5", "--space data.poison_ratio:"),
+    ("train.bogus=1:2", "--space train.bogus:"),
+    ("train.seed=1:9:int", "the search sets train.seed itself"),
+    ("lora.r=8", "expected two or more distinct values"),
+])
+def test_bad_space_is_one_line_exit_2(tmp_path, sweep_recipe, demo_data, space, message):
+    result = invoke("search", sweep_recipe, "--out", tmp_path / "s", "--space", space)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
