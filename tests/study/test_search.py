@@ -36,8 +36,6 @@ def search_args(recipe: Path, out: Path, data: Path, *extra) -> list:
 def check_search(out: Path) -> dict:
     """Each study holds exactly 4 completed trials, each its own cell once; the worst case and its figures equal
     a recomputation from the cells' own records and the model's accuracy before the attack."""
-    import optuna
-
     result = json.loads((out / "search.json").read_text())
     base_fa = json.loads((out / "base.json").read_text())["accuracy"]
     trial_cells = sorted(p.name for p in (out / "cells").iterdir())
@@ -60,7 +58,7 @@ def check_search(out: Path) -> dict:
 def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_data):
     out = tmp_path / "search"
     ok(*search_args(sweep_recipe, out, demo_data, "--workers", "2"))
-    result = check_search(out)
+    check_search(out)
     assert (out / "search.db").is_file() and (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "| SFT |" in (out / "search.md").read_text()
     # `surgery report` reads the folder as a sweep: a row per trial
