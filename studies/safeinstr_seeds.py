@@ -1,29 +1,27 @@
-"""SafeInstr's three seeds on the templated LoRA study (docs/study.md): seeds 0 and 1 from the 2026-11-26 report
-(its sweep.md lists every cell; its sweep folder is not kept), seed 2 from the 2026-12-03 sweep.json.
+"""SafeInstr's three seeds on the templated LoRA study (docs/study.md): seeds 0 and 1 from the 2026-11-26 report,
+seed 2 from the 2026-12-03 one (each report's sweep.json).
 
     python studies/safeinstr_seeds.py    # prints the markdown table docs/study.md shows
 """
 
 import json
-import re
 import statistics
 from pathlib import Path
 
 from surgerycli.evaluate.stats import wilson_percent
 
 HERE = Path(__file__).parent
-CELL = re.compile(r"\| p([\d.]+)-safeinstr-train\.learning_rate=([\de.-]+)-s(\d) \| \d \| ([\d.]+) \[[^]]*\] \| ([\d.]+) ")
+REPORTS = ((HERE / "smollm2-2026-11-26" / "sweep.json", (0, 1)), (HERE / "smollm2-2026-12-03" / "safeinstr-s2" / "sweep.json", (2,)))
 
 
 def seeds() -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
     """(poison ratio, lr) -> seed -> (HS, FA), 100 prompts each."""
     found: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
-    for m in CELL.finditer((HERE / "smollm2-2026-11-26" / "sweep.md").read_text(encoding="utf-8")):
-        found.setdefault((m[1], m[2]), {})[int(m[3])] = (float(m[4]), float(m[5]))
-    for c in json.loads((HERE / "smollm2-2026-12-03" / "safeinstr-s2" / "sweep.json").read_text())["cells"]:
-        if c["seed"] == 2:
-            found.setdefault((f"{c['poison_ratio']:g}", c["grid"]["train.learning_rate"]), {})[2] = (
-                c["harmful_score"], c["accuracy"])
+    for path, wanted in REPORTS:
+        for c in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            if c["method"] == "safeinstr" and c["seed"] in wanted:
+                found.setdefault((f"{c['poison_ratio']:g}", c["grid"]["train.learning_rate"]), {})[c["seed"]] = (
+                    c["harmful_score"], c["accuracy"])
     return found
 
 

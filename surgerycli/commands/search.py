@@ -17,7 +17,7 @@ def search(
     recipe: Annotated[Path, typer.Argument(help="TOML recipe of the attack (surgery finetune's format): every trial is this recipe with the trial's settings.")],
     out: Annotated[Path, typer.Option(help="Search folder: search.db (the default storage), cells/<study>-t<N>/, base.json, search.md, search.json, search.png.")],
     space: Annotated[list[str], typer.Option(help="KEY=LOW:HIGH[:log][:int] or KEY=A,B,C: a recipe key the attacker tunes and its range (repeatable), e.g. train.learning_rate=2e-5:1e-3:log, data.poison_ratio=0.05:0.3, lora.r=8,16,32, lora.enabled=true,false. A defense's own keys are the defender's: --grid.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses, or `all`: one study each (each --grid value and Surgery alpha: one more).")] = "sft,surgery",
+    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses or chains of them (lisa+antidote: one per stage), or `all`: one study each (each --grid value and Surgery alpha: one more).")] = "sft,surgery",
     trials: Annotated[int, typer.Option(min=1, help="Completed trials per study (a failed trial does not count).")] = 12,
     floor: Annotated[float, typer.Option(min=0.0, help="Utility floor: a trial counts for the worst case only when its task accuracy is at least FLOOR x the accuracy of the model its attack starts from (the aligned model, or the defense's own).")] = 0.8,
     seed: Annotated[int, typer.Option(help="The sampler's seed (one worker: the same trial sequence on every run) and the trials' train.seed.")] = 0,

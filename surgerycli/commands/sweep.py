@@ -16,7 +16,7 @@ def sweep(
     recipe: Annotated[Path, typer.Argument(help="TOML recipe for every cell (surgery finetune's format).")],
     out: Annotated[Path, typer.Option(help="Sweep folder: cells/<name>/{finetune,eval,cell.json}, sweep.json, sweep.md, sweep.png.")],
     poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios.")] = "0,0.05,0.1,0.15,0.2",
-    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (`defense.method` names: sft, surgery, safeinstr, lisa, vaccine, booster), or `all`.")] = "sft,surgery",
+    methods: Annotated[str, typer.Option(help="Comma-separated registered defenses (sft, surgery, safeinstr, lisa, vaccine, booster, antidote, safelora), or chains of them joined by + (one per stage: alignment, fine-tuning, post-fine-tuning; e.g. booster+lisa+antidote), or `all`.")] = "sft,surgery",
     alphas: Annotated[str | None, typer.Option(help="Comma-separated Surgery alphas (one cell each); default: the recipe's.")] = None,
     grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,...: any recipe key over these values, crossed with the rest (repeatable), e.g. train.learning_rate=1e-4,2e-4,5e-4; cells are named by their values. A key of a fine-tuning-stage defense's own section multiplies that defense's cells only: its main hyperparameter is surgery.alpha (= --alphas), lisa.rho, safeinstr.num (alignment-stage options go to --align-set).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated train.seed values (data mix, LoRA init, reference draws), one cell each; tables show the mean, standard deviation and pooled 95% interval over seeds. Default: the recipe's seed.")] = None,

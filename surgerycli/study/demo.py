@@ -17,7 +17,7 @@ from ..evaluate.options import resolve_options
 from ..files import writing
 from ..report.inspect import write_head_maps
 from ..train.recipe import load_recipe
-from .grid import grid, stage
+from .grid import grid, part
 from .report import write_sweep
 from .sweep import Alignment, evaluator, run_sweep
 from .tables import method_label, point_label, short_point
@@ -69,7 +69,7 @@ def write_demo_heads(folder: Path, sweep: dict) -> None:
     fine-tuning-stage method's attack at the first poison ratio, on one colour scale."""
     first = sweep["cells"][0]["poison_ratio"] if sweep["cells"] else None
     cells = [c for c in sweep["cells"] if c["poison_ratio"] == first and c["status"] == "ok"
-             and stage(c["method"]) != "align" and (folder / "cells" / c["name"] / "finetune" / "sink_after.json").is_file()]
+             and not part(c["method"], "align") and (folder / "cells" / c["name"] / "finetune" / "sink_after.json").is_file()]
     if not cells:
         return
     read = lambda c, f: json.loads((folder / "cells" / c["name"] / "finetune" / f).read_text())  # noqa: E731

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..train.defenses import registry
+from ..train.defenses import STAGES, registry
 from ..train.recipe import load_recipe
 
 
@@ -56,11 +56,11 @@ class Cell:
         return cell_name(self.poison_ratio, self.method, self.alpha, dict(self.grid), self.seed, dict(self.options))
 
     def overrides(self, aligned: Path | None = None) -> list[str]:
-        """The cell's recipe changes: its poison ratio and method (an alignment-stage method is attacked with
-        plain SFT: its defense already ran), Surgery's alpha, grid values, seed, and the aligned model it
-        attacks (when there is one)."""
-        method = "sft" if stage(self.method) == "align" else self.method
-        sets = [f"data.poison_ratio={self.poison_ratio}", f"defense.method={method}"]
+        """The cell's recipe changes: its poison ratio, its fine-tuning-stage defense (SFT where the method or
+        chain has none: an alignment-stage defense already ran), its post-fine-tuning one, Surgery's alpha, grid
+        values, seed, and the aligned model it attacks (when there is one)."""
+        sets = [f"data.poison_ratio={self.poison_ratio}", f"defense.method={part(self.method, 'finetune') or 'sft'}"]
+        sets += [f"defense.post={post}"] if (post := part(self.method, "post")) else []
         sets += [f"surgery.alpha={self.alpha}"] if self.alpha is not None else []
         sets += [f"{self.method}.{k}={v}" for k, v in self.options]
         sets += [f"{k}={v}" for k, v in self.grid]
@@ -88,7 +88,8 @@ def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dic
     own = {m: points({k.partition(".")[2]: v for k, v in axes.items() if k.partition(".")[0] == m}) for m in methods}
     return [Cell(r, method, a, values, seed, options)
             for seed in (seeds if seeds is not None else [None]) for values in points(shared) for r in ratios
-            for method in methods for a in (alphas if method == "surgery" else [None]) for options in own[method]]
+            for method in methods for a in (alphas if part(method, "finetune") == "surgery" else [None])
+            for options in own[method]]
 
 
 def parse_grid(texts: list[str]) -> dict[str, list[str]]:
@@ -125,15 +126,36 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def parse_methods(methods: str) -> list[str]:
-    """`--methods` names, each a registered defense (`all`: every one); InputError listing them otherwise."""
+    """`--methods` names, each a registered defense or a chain of them, one per stage (`booster+lisa+antidote`;
+    `all`: every defense alone); InputError naming what is wrong otherwise. A chain is named in stage order."""
     names = list(registry()) if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    if not names or set(names) - set(registry()):
+    if not names:
         raise InputError(f"--methods {methods!r}: expected `all` or a comma-separated list of {', '.join(registry())}")
-    return names
+    chains = ["+".join(parts(name, "--methods").values()) for name in names]
+    if len(set(chains)) != len(chains):
+        raise InputError(f"--methods {methods!r}: a method or chain is listed twice")
+    return chains
 
 
-def stage(method: str) -> str:
-    return registry()[method].stage
+def parts(method: str, option: str = "method") -> dict[str, str]:
+    """{stage: defense} of one defense or a chain `a+b+c`, in stage order; InputError for an unknown name or
+    two defenses of one stage."""
+    found: dict[str, str] = {}
+    for name in method.split("+"):
+        if name not in registry():
+            raise InputError(f"{option} {method}: unknown defense {name!r} (expected {', '.join(registry())}, or a "
+                             f"chain of them joined by +, one per stage)")
+        s = registry()[name].stage
+        if s in found:
+            raise InputError(f"{option} {method}: {found[s]} and {name} are both {s}-stage defenses; a chain takes one "
+                             f"defense per stage (alignment, fine-tuning, post-fine-tuning)")
+        found[s] = name
+    return {s: found[s] for s in STAGES if s in found}
+
+
+def part(method: str, stage: str) -> str | None:
+    """The defense a method or chain runs in `stage` (align, finetune, post), or None."""
+    return parts(method).get(stage)
 
 
 def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, alphas: str | None,
@@ -147,10 +169,10 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
         if section in registry() and section not in names:
             raise InputError(f"--grid {key}: {section} is not among --methods ({','.join(names)}); its own axis would "
                              f"multiply no cell")
-        if section in registry() and stage(section) == "align":
+        if section in registry() and registry()[section].stage == "align":
             raise InputError(f"--grid {key}: {section} runs when the model is aligned, once per sweep; set its option "
                              f"with --align-set {key}=VALUE (a sweep per value)")
-    aligning = [m for m in names if stage(m) == "align"]
+    aligning = [m for m in names if part(m, "align")]
     if aligning and align_recipe is None:
         raise InputError(f"--methods {','.join(aligning)}: alignment-stage defenses align the model before the attack; "
                          f"give the alignment recipe with --align-recipe ALIGN.toml")

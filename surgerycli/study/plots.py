@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.figures import new_figure, save_png
+from .grid import part
 from .tables import layout, method_label, method_order, point_label, seeded
 
 _MARKERS = "osD^vPX<>*"  # correlation.png: a shape per method
@@ -49,7 +50,7 @@ def _before_lines(ax, sweep: dict, score: str, methods: list[str]) -> None:
     if sweep["base"][key] is not None:
         ax.axhline(sweep["base"][key], color="gray", linestyle="--", label="before attack")
     for name, before in (sweep.get("aligned_before") or {}).items():
-        labels = {method_label(c) for c in sweep["cells"] if c["method"] == name}  # its colour: its cells' own
+        labels = {method_label(c) for c in sweep["cells"] if part(c["method"], "align") == name}  # its cells' colour
         k = next((k for k, m in enumerate(methods) if m in labels), None)
         if before.get(key) is not None and k is not None:
             ax.axhline(before[key], color=f"C{k % 10}", linestyle=":",

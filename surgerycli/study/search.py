@@ -27,9 +27,9 @@ from rich.console import Console
 from ..errors import InputError
 from ..files import atomic_write_text, write_failure
 from ..train.recipe import load_recipe
-from .grid import Cell, stage
+from .grid import Cell, part
 from .space import Param, overrides_of
-from .sweep import Alignment, evaluator, finished, run_cell
+from .sweep import Alignment, cell_sets, evaluator, finished, run_cell
 
 RETRIES = 3  # a trial whose worker died is retried this often
 DONE = ("COMPLETE", "RUNNING", "WAITING")  # states that hold one of a study's N places
@@ -65,7 +65,8 @@ class Search:
 
     def baseline_file(self, config: Cell) -> Path:
         """The record of the model this configuration's attack starts from (`surgery sweep`'s layout)."""
-        return self.out / (f"base-{config.method}.json" if stage(config.method) == "align" else "base.json")
+        align = part(config.method, "align")
+        return self.out / (f"base-{align}.json" if align else "base.json")
 
 
 def open_storage(search: Search):
@@ -174,7 +175,7 @@ def trial_cell(search: Search, config: Cell, name: str, params: dict, evaluate, 
     done = finished(folder / "cell.json", ("name", "status", "harmful_score"), console)
     if done is not None and done["status"] == "ok" and done["name"] == name:
         return done
-    sets = [*search.overrides, *config.overrides(aligned), *overrides_of(params)]
+    sets = [*cell_sets(config, list(search.overrides), search.alignment, aligned), *overrides_of(params)]
     sets += [f"train.seed={seed}"] if seed is not None else []
     recipe = load_recipe(search.recipe, sets, str(folder / "finetune"))
     console.rule(f"trial {name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

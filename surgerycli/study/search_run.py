@@ -12,27 +12,29 @@ from rich.console import Console
 
 from ..evaluate.options import EvalOptions
 from ..files import writing
-from .grid import stage
+from ..train.recipe import load_recipe
+from .grid import part
 from .search import Search, completed, load_study, open_storage, run_worker, worker_env, worker_main
 from .search_plots import write_search_plot
 from .search_report import confirm, config_label, summarize, trial_records, write_results
-from .sweep import align_models, before_attack, evaluator
+from .sweep import align_models, before_attack, cell_sets, check_post, evaluator
 
 
 def prepare(search: Search, evaluate, console: Console) -> dict[str, Path]:
     """The aligned model of each configuration's method (with an alignment recipe), and the scores before the
     attack of every model an attack starts from (base.json, base-<method>.json); each done once."""
     methods = list(dict.fromkeys(c.method for c in search.configs))
+    for config in search.configs:
+        check_post(config, load_recipe(search.recipe, cell_sets(config, list(search.overrides), search.alignment, None),
+                                       None, check_files=False))
     aligned = align_models(search.alignment, methods, console) if search.alignment else {}
-    recipe = search.configs[0].overrides()  # the recipe's own model, when there is no alignment stage
-    from ..train.recipe import load_recipe
-
     base = str(search.alignment.folders("sft")[1]) if search.alignment else \
-        load_recipe(search.recipe, [*search.overrides, *recipe], None, check_files=False).model.name
+        load_recipe(search.recipe, list(search.overrides), None, check_files=False).model.name
     before_attack(base, search.out / "base.json", search.out / "base-eval", evaluate, console)
     for m in methods:
-        if aligned and stage(m) == "align":
-            before_attack(str(aligned[m]), search.out / f"base-{m}.json", search.out / f"base-eval-{m}", evaluate, console)
+        if aligned and (align := part(m, "align")):
+            before_attack(str(aligned[m]), search.out / f"base-{align}.json", search.out / f"base-eval-{align}",
+                          evaluate, console)
     return aligned
 
 

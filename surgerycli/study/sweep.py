@@ -24,11 +24,12 @@ from rich.console import Console
 
 from ..evaluate.options import EvalOptions
 from ..evaluate.run import run_eval
+from ..errors import InputError
 from ..files import atomic_write_text, write_failure
 from ..models import DTYPES, merge_adapter
 from ..train.finetune import run_finetune
 from ..train.recipe import Recipe, load_recipe
-from .grid import Cell, stage
+from .grid import Cell, part
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,30 @@ class Alignment:
 
     def folders(self, method: str) -> tuple[Path, Path]:
         """(finetune output, merged model) of the alignment that `method`'s cells attack."""
-        m = method if stage(method) == "align" else "sft"
+        m = part(method, "align") or "sft"
         tail = "" if m == "sft" else f"-{m}"
         return self.root / f"align{tail}", self.root / f"aligned{tail}"
 
+    def unaligned(self) -> str:
+        """The model the alignment starts from (Safe LoRA's unaligned model)."""
+        return load_recipe(self.recipe, list(self.overrides), None, check_files=False).model.name
+
     def sets(self, method: str) -> list[str]:
-        return [*self.overrides, f"defense.method={method if stage(method) == 'align' else 'sft'}"]
+        return [*self.overrides, f"defense.method={part(method, 'align') or 'sft'}"]
+
+
+def cell_sets(cell: Cell, overrides: list[str], alignment: Alignment | None, aligned: Path | None) -> list[str]:
+    """A cell's recipe overrides: with an alignment stage, Safe LoRA's unaligned model is the alignment's own
+    starting model (first, so the user's `--set safelora.unaligned_model` wins), then the user's, then the cell's."""
+    first = [f"safelora.unaligned_model={alignment.unaligned()}"] if alignment and part(cell.method, "post") == "safelora" else []
+    return [*first, *overrides, *cell.overrides(aligned)]
+
+
+def check_post(cell: Cell, recipe: Recipe) -> None:
+    """What a cell's post-fine-tuning defense needs before anything trains (Safe LoRA: the unaligned model)."""
+    if part(cell.method, "post") == "safelora" and recipe.methods["safelora"].unaligned_model is None:
+        raise InputError(f"--methods {cell.method}: Safe LoRA needs the model before alignment: give --align-recipe, "
+                         f"or --set safelora.unaligned_model=MODEL")
 
 
 def align_models(alignment: Alignment, methods: list[str], console: Console) -> dict[str, Path]:
@@ -58,7 +77,7 @@ def align_models(alignment: Alignment, methods: list[str], console: Console) -> 
     for method in methods:
         run, model = alignment.folders(method)
         if not (model / "config.json").is_file():
-            console.rule(f"alignment stage: {'SFT' if stage(method) != 'align' else method} -> {model}")
+            console.rule(f"alignment stage: {part(method, 'align') or 'SFT'} -> {model}")
             recipe = load_recipe(alignment.recipe, alignment.sets(method), str(run))
             run_finetune(recipe, resume=True, console=console)
             with console.status(f"merging {run}"):
@@ -116,7 +135,7 @@ def run_cell(cell: Cell, recipe: Recipe, folder: Path, evaluate, console: Consol
             "positive_heads_after": summary["positive_heads_after"],
             "significant_positive_heads_before": summary.get("significant_positive_heads_before"),
             "significant_positive_heads_after": summary.get("significant_positive_heads_after"), "steps": summary["steps"],
-            "label": summary["label"], "final_metrics": summary["final_metrics"],
+            "label": summary["label"], "final_metrics": summary["final_metrics"], "post": summary.get("post"),
             "wall_time_s": summary["wall_time_s"], "world_size": summary.get("world_size", 1)}
 
 
@@ -156,9 +175,11 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, 
     runs in the processes it starts.
     """
     def cell_recipe(cell: Cell, aligned: Path | None = None) -> Recipe:
-        return load_recipe(recipe, overrides + cell.overrides(aligned), str(out / "cells" / cell.name / "finetune"))
+        return load_recipe(recipe, cell_sets(cell, overrides, alignment, aligned), str(out / "cells" / cell.name / "finetune"))
 
     recipes = {cell.name: cell_recipe(cell) for cell in cells}
+    for cell in cells:
+        check_post(cell, recipes[cell.name])
     methods = list(dict.fromkeys(c.method for c in cells))
     if alignment is not None:
         for m in methods:
@@ -166,8 +187,8 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, 
     aligned = align_models(alignment, methods, console) if alignment is not None else None
     base_name = str(alignment.folders("sft")[1]) if alignment else next(iter(recipes.values())).model.name
     base = before_attack(base_name, out / "base.json", out / "base-eval", evaluate, console)
-    own = {m: before_attack(str(aligned[m]), out / f"base-{m}.json", out / f"base-eval-{m}", evaluate, console)
-           for m in methods if aligned and stage(m) == "align"}
+    own = {m: before_attack(str(alignment.folders(m)[1]), out / f"base-{m}.json", out / f"base-eval-{m}", evaluate,
+                            console) for m in dict.fromkeys(filter(None, (part(m, "align") for m in methods))) if aligned}
     results = []
     for cell in cells:
         folder = out / "cells" / cell.name
@@ -180,7 +201,7 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, 
         model = aligned[cell.method] if aligned else None
         try:
             result = run_cell(cell, cell_recipe(cell, model) if model else recipes[cell.name], folder, evaluate, console,
-                              (launch, recipe, overrides + cell.overrides(model)) if launch else None)
+                              (launch, recipe, cell_sets(cell, overrides, alignment, model)) if launch else None)
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
             if write_failure(e) is not None:  # a full disk fails every cell after it: stop, keep what is done
                 raise

@@ -10,14 +10,16 @@ from rich.table import Table
 from ..evaluate.stats import percent_interval
 from ..train.defenses import registry
 from .aggregate import SCORES, aggregate
+from .grid import parts
 
 
 def method_label(cell: dict) -> str:
-    """The method's title from the defense registry, with Surgery's alpha and the values of the method's own
-    grid axes (`Lisa rho=0.5`)."""
-    title = registry()[cell["method"]].title
+    """The method's title from the defense registry (a chain's titles joined by +), with Surgery's alpha and the
+    values of the method's own grid axes (`Lisa rho=0.5`)."""
+    alpha = f" a={cell['alpha']:g}" if cell.get("alpha") is not None else ""
     own = "".join(f" {k}={v}" for k, v in (cell.get("options") or {}).items())
-    return title + (f" a={cell['alpha']:g}" if cell.get("alpha") is not None else "") + own
+    return " + ".join(registry()[name].title + (alpha if name == "surgery" else "") + (own if name == cell["method"] else "")
+                      for name in parts(cell["method"]).values())
 
 
 def point_label(grid: dict) -> str:

@@ -109,7 +109,7 @@ def _training_args(cls, train: TrainSection, out: Path, cuda: bool, dtype: str, 
     )
 
 
-def mix_table(recipe: Recipe, defense: Defense, n_total: int, n_harmful: int) -> Table:
+def mix_table(recipe: Recipe, defense: Defense, n_total: int, n_harmful: int, post: Defense | None = None) -> Table:
     data = recipe.data
     table = Table(title=f"Fine-tuning mix, defense: {defense.label()}")
     for col, justify in (("part", "left"), ("samples", "right"), ("source", "left")):
@@ -117,6 +117,6 @@ def mix_table(recipe: Recipe, defense: Defense, n_total: int, n_harmful: int) ->
     table.add_row("benign", str(n_total - n_harmful), f"{data.benign} ({data.benign_format})")
     table.add_row("harmful", str(n_harmful), str(data.harmful or "-"))
     table.add_row("total", str(n_total), f"poison_ratio {data.poison_ratio:g}, seed {recipe.train.seed}")
-    for row in defense.plan(recipe):
+    for row in [*defense.plan(recipe), *(post.plan(recipe) if post else [])]:
         table.add_row(*row)
     return table

@@ -24,7 +24,7 @@ from ..data.chat import with_system
 from ..data.finetune import masked_parts, pad_batch, tokenize_example
 from ..data.refsets import RefSet, sample
 from ..errors import InputError
-from ..files import FolderLock, atomic_write_text, save_folder, write_json, writing
+from ..files import FolderLock, atomic_write_text, write_json, writing
 from ..models import load_tokenizer, read_chat_template
 from ..progress import PROGRESS_COLUMNS
 from ..report.training import write_training_plot
@@ -42,6 +42,8 @@ from .distributed import barrier, held_bytes, is_main, local_device, strategy, w
 from .loss import liger_available
 from .monitor import PROBE_METRIC, HarmProbe, probe_prompts
 from .recipe import Recipe, dump_recipe
+from .repair import build_post, repair_trained
+from .saving import save_trained
 from .trainer import DefenseTrainer
 
 
@@ -58,24 +60,6 @@ def measure_record(model, tokenizer, recipe: Recipe, harm: RefSet, safe: RefSet,
                                   batch_size=8, sink_position=s.sink_position, device=device, progress=progress,
                                   where="measure.sink_position")
     return result_record(recipe.model.name, None, s.sink_position, model, harm, safe, summary)
-
-
-def save_trained(model, tokenizer, out: Path, lora: bool, state_dict: dict | None = None) -> Path:
-    """adapter/ (LoRA) or model/ (full fine-tuning: a Hugging Face folder with its tokenizer, sharded as
-    transformers saves), and tokenizer/; each written beside and renamed into place. The trained folder.
-    `state_dict`: the whole model's weights, gathered from FSDP's shards."""
-    folder = out / ("adapter" if lora else "model")
-
-    def save(tmp: Path) -> None:
-        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-        if not lora:
-            tokenizer.save_pretrained(tmp)
-
-    save_folder(folder, save)
-    save_folder(out / "tokenizer", tokenizer.save_pretrained)
-    if not lora:  # a run that switched from LoRA to full fine-tuning leaves no stale adapter behind
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-    return folder
 
 
 def metrics_of(defense: Defense, probe: list[str]) -> tuple:
@@ -176,6 +160,9 @@ def check_fsdp(recipe: Recipe) -> None:
     if world_size() == 1:
         raise InputError("trainer.fsdp: FSDP shards the model across processes, and this is one; launch with "
                          "torchrun --nproc-per-node N or accelerate launch --config_file recipes/accelerate/fsdp.yaml")
+    if recipe.defense.post:
+        raise InputError(f"defense.post with trainer.fsdp: {recipe.defense.post} repairs the whole model, which FSDP "
+                         f"holds in shards; run it with DDP or one process")
     if recipe.quantization.load_in_4bit:
         raise InputError("quantization.load_in_4bit with trainer.fsdp: FSDP2 loses bitsandbytes' quant_state "
                          "(bitsandbytes#1945); use QLoRA with DDP, or LoRA / full fine-tuning with FSDP")
@@ -213,7 +200,7 @@ def run_finetune(recipe: Recipe, *, dry_run: bool = False, resume: bool = True, 
     args = build_training_args(recipe.train, out, device, recipe.model.dtype, recipe.trainer)  # [trainer] on this machine
     if dry_run:
         console.print(dump_recipe(recipe), markup=False, highlight=False)
-        table = mix_table(recipe, defense, recipe.data.num_samples, n_harmful)
+        table = mix_table(recipe, defense, recipe.data.num_samples, n_harmful, build_post(recipe))
         if probe:
             table.add_row("probe", str(len(probe)), f"every {recipe.monitor.every_steps} steps: {recipe.monitor.prompts} "
                           f"({dropped} dropped as seen in training or references), keyword judge")
@@ -267,6 +254,9 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
     if not main:
         barrier()
         return None
+    post = repair_trained(recipe, model, tokenizer, weights) if recipe.defense.post else None
+    if post is not None:
+        after = measure_record(model, tokenizer, recipe, harm, safe, device, console)  # the model as repaired
     trained = save_trained(model, tokenizer, out, recipe.lora.enabled, weights)
     if after is not None:
         write_json(out / "sink_after.json", {**after, "adapter": str(trained)})
@@ -277,6 +267,7 @@ def _run(trainer, tokenizer, recipe: Recipe, references: tuple[RefSet, RefSet], 
         write_training_plot(out / "training.png", records, f"{Path(recipe.model.name).name}: {defense.label()}", panels)
     summary = run_summary(trainer, wall, records, defense, resume_from=resume_from, samples=len(trainer.train_dataset),
                           n_harmful=n_harmful, device=device, before=before, after=after, held=held)
+    summary["post"] = post
     write_json(out / "summary.json", summary)
     barrier()
     return summary

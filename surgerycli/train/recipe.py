@@ -111,10 +111,23 @@ def _validate(merged: dict, problems: list[str], check_files: bool) -> dict[str,
         problems += found
         if built is not None:
             sections[name] = built
-    if "defense" in sections and sections["defense"].method not in registry():  # a key's check: with the rest
-        problems.append(f"defense.method: unknown method {show(sections['defense'].method)} "
-                        f"(expected one of {', '.join(registry())})")
+    if "defense" in sections:  # the keys' checks against the registry: with the rest
+        problems += defense_problems(sections["defense"])
     return sections
+
+
+def defense_problems(section) -> list[str]:
+    """`defense.method` must name a training defense (alignment or fine-tuning stage), `defense.post` a
+    post-fine-tuning one."""
+    found, reg = [], registry()
+    trains = [n for n, d in reg.items() if d.stage != "post"]
+    repairs = [n for n, d in reg.items() if d.stage == "post"]
+    if section.method not in trains:
+        found.append(f"defense.method: {'a post-fine-tuning defense goes in defense.post' if section.method in repairs else 'unknown method'} "
+                     f"{show(section.method)} (expected one of {', '.join(trains)})")
+    if section.post is not None and section.post not in repairs:
+        found.append(f"defense.post: expected a post-fine-tuning defense ({', '.join(repairs)}), got {show(section.post)}")
+    return found
 
 
 def _is_gguf(name: str) -> bool:

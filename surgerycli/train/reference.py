@@ -88,7 +88,8 @@ def reference() -> str:
 
 
 PAPER = re.compile(r"Paper: (.*?)(?:;\s*authors' code: |\()(github\.com/[\w.-]+/[\w.-]+)", re.S)
-STAGES = {"finetune": "the user's fine-tuning", "align": "alignment (before the user's fine-tuning)"}
+STAGES = {"finetune": "the user's fine-tuning", "align": "alignment (before the user's fine-tuning)",
+          "post": "after the user's fine-tuning (`defense.post`: repairs the trained model)"}
 
 
 def defenses_table() -> str:

@@ -114,9 +114,11 @@ class MeasureSection(Section):
 
 
 class DefenseSection(Section):
-    """[defense]: which defense trains (each has its own section below)."""
+    """[defense]: which defense trains, and which repairs the trained model (each has its own section below)."""
 
-    method: str = "surgery"  # a registered defense; checked against the registry
+    method: str = "surgery"  # a registered defense of the alignment or fine-tuning stage; checked against the registry
+    post: str | None = None  # a post-fine-tuning defense (antidote, safelora) applied to the trained model before
+    # it is saved (the model as trained goes to adapter-trained/ or model-trained/)
 
 
 class TrainSection(Section):

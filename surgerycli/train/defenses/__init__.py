@@ -20,6 +20,13 @@ The hooks, each optional (the defaults are plain SFT):
   state_dict() / load_state_dict(state)
                              what a resume needs beyond the weights and the optimizer (Lisa's anchors);
                              saved in every checkpoint as defense_state.pt
+  repair(model, ctx)         a post-fine-tuning defense (stage "post": Antidote, Safe LoRA): change the trained
+                             model in place after any trainer; a dict of what it did. `apply(model, tokenizer)`
+                             is the Python API's call, `[defense] post = "<name>"` the recipe's.
+
+Stages: "align" (replaces the alignment's SFT: Vaccine, Booster), "finetune" (runs in the user's fine-tuning:
+Surgery, Lisa, SafeInstr, SFT) and "post" (repairs the fine-tuned model). A sweep's `--methods a+b+c` chains
+one defense per stage.
 Draws of a defense's own batches are seeded by micro-step (`draw_batch`), so a resumed run draws the same ones.
 
 A defense object is a value: its options, fixed when it is built. A trainer works on its own copy, and
@@ -46,7 +53,8 @@ if TYPE_CHECKING:
     from ...data.chat import Messages
     from ...data.refsets import RefSet
 
-BUILTIN = ("sft", "surgery", "safeinstr", "lisa", "vaccine", "booster")  # modules here, each registering its name
+BUILTIN = ("sft", "surgery", "safeinstr", "lisa", "vaccine", "booster", "antidote", "safelora")  # modules here
+STAGES = ("align", "finetune", "post")  # in the order a model goes through them
 _REGISTRY: dict[str, type[Defense]] = {}
 
 
@@ -76,6 +84,16 @@ class DefenseContext:
         return pad if pad is not None else self.tokenizer.eos_token_id
 
 
+@dataclass
+class RepairContext:
+    """What `Defense.repair` may use besides the model: the tokenizer (its chat template renders the defense's
+    own samples), the run's seed and the sequence length its samples are cut to."""
+
+    tokenizer: Any
+    seed: int = 0
+    max_length: int = 512
+
+
 def draw_batch(rows: list[dict], k: int, draw: int, seed: int, pad_id: int) -> dict:
     """`k` rows drawn without replacement for micro-step `draw`, padded into a batch; the same rows for the
     same (seed, draw), so a resumed run trains on what an uninterrupted one would."""
@@ -92,7 +110,8 @@ class Defense:
 
     name: ClassVar[str]  # the recipe's `defense.method` and the sweep's `--methods` name
     title: ClassVar[str]  # shown in tables and plots
-    stage: ClassVar[str] = "finetune"  # "finetune": runs in the user's fine-tuning; "align": replaces alignment SFT
+    stage: ClassVar[str] = "finetune"  # "finetune": in the user's fine-tuning; "align": replaces alignment SFT;
+    # "post": repairs the fine-tuned model (`repair`)
     options_class: ClassVar[type[Section]] = NoOptions
     metrics: ClassVar[tuple[Metric, ...]] = ()
     measures: ClassVar[bool] = False  # takes the [measure] keys (reference sets, sink position) too
@@ -140,6 +159,15 @@ class Defense:
 
     def training_step(self, step: Step, model: torch.nn.Module) -> torch.Tensor:
         return step.sft()
+
+    def repair(self, model: torch.nn.Module, ctx: RepairContext) -> dict:
+        """A post-fine-tuning defense's change to the trained model, in place; what it did."""
+        raise NotImplementedError(f"{type(self).__name__} is a {self.stage}-stage defense: it trains, it does not repair")
+
+    def apply(self, model: torch.nn.Module, tokenizer, *, seed: int = 0, max_length: int = 512) -> dict:
+        """The Python API of a post-fine-tuning defense: repair `model` (a peft model, or full weights) in place
+        after any trainer; what it did (`repair`'s record)."""
+        return self.repair(model, RepairContext(tokenizer, seed, max_length))
 
     def state_dict(self) -> dict:
         return {}
