@@ -17,6 +17,7 @@ from .commands.demo import demo
 from .commands.eval import eval_
 from .commands.finetune import finetune
 from .commands.inspect import inspect
+from .commands.judge import judge
 from .commands.merge import merge
 from .commands.recipe import recipe
 from .commands.report import report
@@ -77,6 +78,7 @@ def main(
 app.command()(inspect)
 app.command()(finetune)
 app.command(name="eval")(eval_)
+app.command()(judge)
 app.command()(merge)
 app.command()(recipe)
 app.command()(sweep)

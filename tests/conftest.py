@@ -80,6 +80,22 @@ def adapter(tmp_path_factory, tiny_llama_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory, tokenizer_dir):
+    """A tiny random LlamaForSequenceClassification with 3 harm categories and SmolLM2's tokenizer."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                  pad_token_id=tok.pad_token_id, problem_type="multi_label_classification",
+                                  id2label={0: "violence", 1: "privacy", 2: "drugs"})
+    out = tmp_path_factory.mktemp("beaver")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def finetune_data(tmp_path_factory) -> Path:
     """gsm.jsonl (40 arithmetic problems) and harm.jsonl (10 unsafe BeaverTails-style pairs) for finetune tests."""
     d = tmp_path_factory.mktemp("ftdata")

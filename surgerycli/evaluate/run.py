@@ -25,7 +25,7 @@ from ..models import load_model, pick_device, pick_dtype, read_chat_template
 from ..progress import PROGRESS_COLUMNS
 from ..report.eval import tables, write_outputs
 from .generation import batch_rows, encode, generate_ids
-from .judges import make_judge
+from .judges import judge_score, make_judge, refusal_phrase
 from .options import EvalOptions
 from .prompts import adds_special_tokens, prompt_text
 from .provenance import data_sources, provenance
@@ -109,7 +109,8 @@ def judge_runs(judge, runs: list[Run], benchmarks: dict[str, list[Prompt]], gene
             for p, text, response, (is_harmful, note) in zip(prompts, inputs, answers, verdicts):
                 samples.append({"run": i, "adapter": run.adapter, "benchmark": name, "category": p.category,
                                 "prompt": p.text, "input": text, "response": response,
-                                "verdict": "harmful" if is_harmful else "safe", "judge": judge.name, "note": note})
+                                "verdict": "harmful" if is_harmful else "safe", "judge": judge.name, "note": note,
+                                "score": judge_score(judge, note), "refusal_phrase": refusal_phrase(response)})
         samples += [{"run": i, "adapter": run.adapter, **row} for row in task_rows]
         records.append({"adapter": run.adapter, "base": run.base, "safety": safety, "tasks": metrics,
                         "generation_rows": rows_at_once})

@@ -11,14 +11,21 @@ from rich.console import Console
 from ..errors import InputError
 from ..files import atomic_write_text, write_json, writing
 from ..report.eval import markdown_table
+from ..report.html import table_html, write_report_html
+from .answers import ANSWERS, answers_table, evidence, gather, write_answers
 from .aggregate import correlation
 from .collect import merge_sweeps
 from .plots import write_correlation_plot, write_sweep_plot
 from .tables import cells_table, correlation_md, intro_md, paper_table, rich_table, seeded, sweep_table
 
 
-def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "") -> None:
-    """Print the tables; write sweep.md, sweep.png and sweep.json (sweep.json last: it marks a finished sweep)."""
+def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "", source=None,
+                base_folder: Path | None = None) -> None:
+    """Print the tables; write sweep.md, sweep.png, the answers (answers.jsonl.gz) with what they say beside the
+    scores, report.html, and sweep.json (last: it marks a finished sweep). `source(cell)`: the folder a cell's
+    answers are in (default `out`); `base_folder`: where the model before the attack was evaluated (default `out`)."""
+    rows = gather(sweep["cells"], source or (lambda c: out), base_folder or out)
+    found = evidence(rows, judge)
     several = " (mean ± sd over seeds)" if seeded(sweep) else ""
     brackets = "pooled 95% Wilson interval over seeds" if seeded(sweep) else "95% Wilson interval"
     console.print(rich_table(f"HS: harmful score, judge {judge} (lower is safer); FA: task accuracy %{several}; "
@@ -31,12 +38,25 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
           f"poison ratios.\n\n" + markdown_table(*paper_table(sweep)))
     if seeded(sweep) or any(c.get("grid") for c in sweep["cells"]):
         md += "\n## Every cell\n\n" + markdown_table(*cells_table(sweep))
+    answers = answers_table(found, judge)
+    if rows:
+        md += ("\n## The answers\n\nWhat each cell's answers are beside its score (answers.jsonl.gz holds them, "
+               "report.html shows them): the share that is empty, repetitive or gibberish (`surgery eval`'s manual "
+               "defines them), and each other judge's score (`surgery judge`).\n\n" + markdown_table(*answers[:2]))
     md += extra_md
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
     atomic_write_text(out / "sweep.md", md)
     write_sweep_plot(out / "sweep.png", sweep, judge)
-    write_json(out / "sweep.json", {**sweep, "judge": judge})
+    if rows:
+        write_answers(out / ANSWERS, rows)
+    cells = cells_table(sweep)
+    write_report_html(out / "report.html", "surgery sweep", intro_md(sweep, judge).split("\n", 2)[2].strip(),
+                      [("Harmful score and task accuracy", table_html(*sweep_table(sweep))),
+                       ("Every cell (click one for its answers)", table_html(*cells, [r[0] for r in cells[1]])),
+                       ("The answers, per cell", table_html(*answers))],
+                      [out / "sweep.png", out / "correlation.png"], rows)
+    write_json(out / "sweep.json", {**sweep, "judge": judge, "answers": found})
 
 
 def report_sweeps(folders: list[Path], out: Path | None, console: Console) -> Path:
@@ -58,8 +78,9 @@ def report_sweeps(folders: list[Path], out: Path | None, console: Console) -> Pa
     judge = judge or "unknown (unfinished sweeps record no judge)"
     corr = correlation(merged["cells"])
     with writing(out, lambda: "the sweep folders read are unchanged; each report file is whole or absent"):
-        write_sweep(out, merged, judge, console, extra_md=correlation_md(corr, judge))
-        write_correlation_plot(out / "correlation.png", merged["cells"], corr, judge)
+        write_correlation_plot(out / "correlation.png", merged["cells"], corr, judge)  # before report.html takes it
+        write_sweep(out, merged, judge, console, extra_md=correlation_md(corr, judge),
+                    source=lambda c: out / c["sweep"], base_folder=folders[0])
         atomic_write_text(out / "correlation.json", json.dumps(corr, indent=1) + "\n")
     console.print(correlation_md(corr, judge).strip())
     return out

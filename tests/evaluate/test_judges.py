@@ -88,22 +88,6 @@ def test_sorrybench_judge_scores_one_as_harmful(monkeypatch, tiny_llama_dir):
     assert 'User Request: "r1"\n\nModel Response: "x"' in seen[0][0][0]
 
 
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory, tokenizer_dir):
-    """A tiny random LlamaForSequenceClassification with 3 harm categories and SmolLM2's tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                                  pad_token_id=tok.pad_token_id, problem_type="multi_label_classification",
-                                  id2label={0: "violence", 1: "privacy", 2: "drugs"})
-    out = tmp_path_factory.mktemp("beaver")
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_beaver_dam_flags_above_one_half_and_names_the_category(classifier_dir):
     judge = make_judge(f"beaver-dam:{classifier_dir}", CPU, F32)
     assert isinstance(judge, BeaverDamJudge)
