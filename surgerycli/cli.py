@@ -44,8 +44,9 @@ def quiet_libraries() -> None:
     bitsandbytes' CPU backend looks for an optional `kernels` package and says so on every import; it runs
     without it. peft warns when a GGUF base (the embedded SmolLM2) has no config.json beside it to compare
     vocabularies against; the vocabulary is never changed here. peft still reads transformers' renamed
-    gradient-checkpointing aliases (a FutureWarning about names, not behaviour). transformers' and lm-eval's
-    info and warning lines would interleave with the progress bars.
+    gradient-checkpointing aliases (a FutureWarning about names, not behaviour). transformers', lm-eval's and
+    Optuna's info and warning lines would interleave with the progress bars (Optuna also marks the heartbeat's
+    retry helpers experimental, though their behaviour is what the search relies on and tests).
     """
     from transformers.utils import logging as hf_logging
 
@@ -53,6 +54,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"Could not find a config file in .* will assume that the vocabulary")
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6", category=FutureWarning)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # a line per trial: `surgery search` prints its own
+    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")  # Optuna's, on stable calls
     hf_logging.set_verbosity_error()
 
 
