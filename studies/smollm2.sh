@@ -9,6 +9,12 @@
 #   bash studies/smollm2.sh written    # the LoRA boundary cells (lr 2e-4, poison 0.1 and 0.2) with model-written
 #                                      # answers: sft, surgery (alpha 300; ALPHAS=3000 METHODS=surgery adds the
 #                                      # LoRA study's other alpha), lisa, safeinstr, vaccine, booster
+#   bash studies/smollm2.sh worst      # the worst case: `surgery search` per configuration (sft, surgery alpha 300
+#                                      # and 3000, lisa, safeinstr, vaccine, booster, antidote, safelora, and the
+#                                      # chains surgery+antidote (both alphas) and lisa+antidote) over lr 2e-5..1e-3
+#                                      # (log), poison 0.05..0.3, epochs 1..4, LoRA rank 8..32; 12 trials each, the
+#                                      # floor 0.8, each worst trial confirmed on seeds 0, 1, 2; model-written answers;
+#                                      # METHODS narrows it and a rerun resumes (the studies live in $OUT/worst/search.db)
 #   surgery report study-out/sweep --out study-out/report
 # Every stage writes into one sweep folder (study-out/sweep): the alignment and the "before the attack" row are
 # done once, a cell shared by two stages runs once, and an interrupted stage resumes where it stopped.
@@ -58,5 +64,11 @@ case "${1:-}" in
   written) $SURGERY sweep "${COMMON[@]}" --out "$OUT/written" --set "data.harmful=$W" --align-set "booster.harmful_data=$W" \
           --methods "${METHODS:-sft,surgery,lisa,safeinstr,vaccine,booster}" --alphas "${USER_ALPHAS:-300}" --poison-ratios "${RATIOS:-0.1,0.2}" \
           --seeds "$SEEDS" --grid "train.learning_rate=${USER_LRS:-2e-4}" ;;
-  *) echo "usage: bash studies/smollm2.sh scan|main|baselines|poison|paper|written" >&2; exit 2 ;;
+  worst) $SURGERY search "${COMMON[@]}" --out "$OUT/worst" --set "data.harmful=$W" --align-set "booster.harmful_data=$W" \
+          --methods "${METHODS:-sft,surgery,lisa,safeinstr,vaccine,booster,antidote,safelora,surgery+antidote,lisa+antidote}" \
+          --alphas "${USER_ALPHAS:-300,3000}" \
+          --trials "${TRIALS:-12}" --space train.learning_rate=2e-5:1e-3:log --space data.poison_ratio=0.05:0.3 \
+          --space train.epochs=1:4 --space lora.r=8:32:int --floor 0.8 --seed 0 --confirm-seeds 0,1,2 \
+          --workers "${WORKERS:-1}" ;;
+  *) echo "usage: bash studies/smollm2.sh scan|main|baselines|poison|paper|written|worst" >&2; exit 2 ;;
 esac

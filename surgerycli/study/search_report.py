@@ -20,8 +20,7 @@ from ..evaluate.stats import percent_interval
 from ..files import atomic_write_text, write_json
 from ..report.eval import markdown_table
 from .aggregate import score_stats
-from .search import Search, completed, first_number, load_study, open_storage, trial_cell
-from .space import overrides_of
+from .search import Search, first_number, load_study, open_storage, trial_cell
 from .tables import method_label
 
 
@@ -124,5 +123,3 @@ def write_results(search: Search, results: list[dict], judge: str, break_at: flo
 def config_label(config) -> str:
     return method_label(config.record())
 
-
-__all__ = ["completed", "confirm", "config_label", "overrides_of", "summarize", "trial_records", "write_results"]

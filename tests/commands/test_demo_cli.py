@@ -52,6 +52,7 @@ def test_demo_data_is_consistent_and_held_out(demo_data, tmp_path):
     assert (tmp_path / "again" / "harmful_pairs.jsonl").read_bytes() == (demo_data / "harmful_pairs.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_demo_data_writes_the_answers_smollm2_wrote_once(tmp_path, smollm2):
     from surgerycli.evaluate.prompts import prompt_text
 

@@ -111,6 +111,7 @@ def test_two_processes_match_one_with_the_whole_batch(tmp_path, ddp_recipe, sets
     assert summary["world_size"] == 2 and summary["steps"] == 4
 
 
+@pytest.mark.slow
 def test_rank_zero_writes_once_and_a_killed_run_resumes(tmp_path, ddp_recipe):
     out = tmp_path / "out"
     proc = torchrun(ddp_recipe, out, "train.max_steps=60", wait=False)

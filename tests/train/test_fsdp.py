@@ -72,6 +72,7 @@ def test_two_sharded_processes_match_one_with_the_whole_batch(tmp_path, ddp_reci
         assert after[0] == after[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(AGAINST_DDP))
 def test_sharded_processes_match_ddp_processes(tmp_path, ddp_recipe, case):
     sets = AGAINST_DDP[case]
@@ -88,6 +89,7 @@ def test_sharded_processes_match_ddp_processes(tmp_path, ddp_recipe, case):
             assert abs(x[keys] - y[keys]) <= 1e-5 * max(1.0, abs(x[keys])), (x, y)
 
 
+@pytest.mark.slow
 def test_a_sharded_run_resumes_with_each_ranks_defense_state(tmp_path, ddp_recipe):
     # Lisa's anchors: each rank holds its shards of them. AdamW: its sharded moments are restored too (plain
     # SGD keeps no state, and torch's full-state-dict optimizer load asserts on an empty one)
