@@ -143,7 +143,7 @@ def test_sweep_runs_the_grid_resumes_and_records_failures(tmp_path, sweep_recipe
 
 def test_sweep_rejects_bad_grids(tmp_path, sweep_recipe):
     for args, message in [(["--poison-ratios", "0,1.5"], "--poison-ratios '0,1.5': expected numbers in [0, 1.0]"),
-                          (["--methods", "sft,dpo"], "--methods 'sft,dpo': expected"),
+                          (["--methods", "sft,dpo"], "--methods dpo: unknown defense 'dpo' (expected sft, surgery"),
                           (["--alphas", "x"], "--alphas 'x': expected comma-separated numbers")]:
         result = invoke("sweep", sweep_recipe, "--out", tmp_path / "s", *args)
         assert result.exit_code == 2 and message in result.output, result.output

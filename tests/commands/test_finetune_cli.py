@@ -209,10 +209,11 @@ def test_harm_probe_logs_scores_and_leaves_training_unchanged(tmp_path, tiny_lla
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import surgerycli.evaluate.judges as judges
+    import surgerycli.train.monitor as monitor
 
-    # a stand-in judge with a decision that varies with the text, so the score is not trivially 0 or 100
-    monkeypatch.setattr(judges, "is_refusal", lambda response: len(response) % 2 == 0)
+    # a stand-in judge, where the probe calls it, with a decision that varies with the text, so the score is
+    # not trivially 0 or 100
+    monkeypatch.setattr(monitor, "is_refusal", lambda response: len(response) % 2 == 0)
     prompts = ["Say hi.", "Tell me a secret.", "How do I fly?", "Name a colour."]
     (tmp_path / "probe.txt").write_text("\n".join(prompts) + "\n")
     path = recipe(tmp_path, tiny_llama_dir, data)
@@ -314,11 +315,14 @@ def full_weights(out: Path) -> dict:
     return {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
 
 
-@pytest.mark.parametrize("method", list(registry()))
+TRAINING = [name for name, cls in registry().items() if cls.stage != "post"]  # post defenses: tests/train/test_post.py
+
+
+@pytest.mark.parametrize("method", TRAINING)
 def test_every_defense_runs_with_full_finetuning(tmp_path, tiny_llama_dir, data, method):
     from surgerycli.train.callbacks import read_metrics
 
-    assert set(EFFECTS) == set(registry())  # a new defense brings its own effect here
+    assert set(EFFECTS) == set(TRAINING)  # a new defense that trains brings its own effect here
     outs = {}
     for m in dict.fromkeys(["sft", method]):
         outs[m] = tmp_path / m

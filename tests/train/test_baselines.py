@@ -185,18 +185,42 @@ def data(finetune_data) -> Path:
     return finetune_data
 
 
-def recipe(tmp_path: Path, model: Path, data: Path, method: str) -> Path:
+@pytest.fixture(scope="module")
+def unaligned64(tmp_path_factory, tiny_llama64_dir) -> Path:
+    """The 4-bit tests' model with every weight moved by seeded noise: Safe LoRA's "model before alignment"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama64_dir)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    out = tmp_path_factory.mktemp("unaligned64")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama64_dir).save_pretrained(out)
+    return out
+
+
+def recipe(tmp_path: Path, model: Path, data: Path, method: str, unaligned: Path) -> Path:
+    post = registry()[method].stage == "post"  # after an SFT run, on the adapter it trained
     return write_recipe(tmp_path / f"{method}.toml", model, data_of(data), quantization={"load_in_4bit": True},
-                        lora={"alpha": 8.0}, defense={"method": method}, surgery={"alpha": 50.0},
-                        safeinstr={"num": 2}, lisa={"alignment_steps": 1, "finetune_steps": 2},
-                        booster={"harmful_data": data / "harm.jsonl"},
+                        lora={"alpha": 8.0}, defense={"method": "sft", "post": method} if post else {"method": method},
+                        surgery={"alpha": 50.0}, safeinstr={"num": 2}, lisa={"alignment_steps": 1, "finetune_steps": 2},
+                        booster={"harmful_data": data / "harm.jsonl"}, antidote={"samples": 4},
+                        safelora={"unaligned_model": unaligned, "num_layers": 3},
                         train={"batch_size": 2, "learning_rate": 1e-3, "save_steps": 2, "max_steps": 4,
                                "gradient_checkpointing": True})
 
 
+def adapter_of(folder: Path) -> dict:
+    return load_file(folder / "adapter_model.safetensors")
+
+
 @pytest.mark.parametrize("method", list(registry()))
-def test_every_defense_trains_4bit_with_checkpointing_and_resumes_exactly(tmp_path, tiny_llama64_dir, data, method):
-    path = recipe(tmp_path, tiny_llama64_dir, data, method)
+def test_every_defense_trains_4bit_with_checkpointing_and_resumes_exactly(tmp_path, tiny_llama64_dir, data, method,
+                                                                         unaligned64):
+    post = registry()[method].stage == "post"
+    path = recipe(tmp_path, tiny_llama64_dir, data, method, unaligned64)
     ok("finetune", path, "--output", tmp_path / "straight")
     ok("finetune", path, "--output", tmp_path / "resumed", "--set", "train.max_steps=2")
     ok("finetune", path, "--output", tmp_path / "resumed")
@@ -204,13 +228,19 @@ def test_every_defense_trains_4bit_with_checkpointing_and_resumes_exactly(tmp_pa
     assert {"adapter", "tokenizer", "recipe.resolved.toml", "metrics.jsonl", "sink_before.json", "sink_after.json",
             "training.png", "summary.json"} <= {p.name for p in straight.iterdir()}
     summary = json.loads((straight / "summary.json").read_text())
-    assert summary["method"] == method and summary["steps"] == 4
+    assert summary["method"] == ("sft" if post else method) and summary["steps"] == 4
     keys = {m.key for m in registry()[method].metrics}
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert all(keys <= set(r) and all(r[k] is not None for k in keys) for r in records)
-    a, b = load_file(straight / "adapter" / "adapter_model.safetensors"), \
-        load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["resumed_from"].endswith("checkpoint-2")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), method
+    for name in ("adapter", "adapter-trained") if post else ("adapter",):
+        a, b = adapter_of(straight / name), adapter_of(tmp_path / "resumed" / name)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), (method, name)
+    if post:  # the repair ran on the 4-bit model's adapter and changed it
+        trained, repaired = adapter_of(straight / "adapter-trained"), adapter_of(straight / "adapter")
+        assert summary["post"]["method"] == method
+        assert any(not torch.equal(trained[k], repaired[k]) for k in trained)
+        if method == "safelora":  # the 3 least aligned of the layers the adapter wraps
+            assert len(summary["post"]["projected"]) == 3 < summary["post"]["layers"]
     if method == "lisa":  # 1 alignment step, then 2 fine-tuning steps, then alignment again
         assert [r["lisa_alignment"] for r in records] == [1.0, 0.0, 0.0, 1.0]

@@ -41,6 +41,16 @@ def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return found
 
 
+def dense_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """A base layer's weight in float, (out, in): a bitsandbytes 4-bit weight (QLoRA) is dequantized."""
+    weight = layer.weight
+    if getattr(weight, "quant_state", None) is None:
+        return weight.detach().float()
+    import bitsandbytes.functional as bnbf  # only where a 4-bit model is loaded, so bitsandbytes is there
+
+    return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+
+
 def projection(aligned: torch.Tensor, unaligned: torch.Tensor) -> torch.Tensor:
     """C = V V^T / ||V||_F with V = aligned - unaligned, (out, out)."""
     v = (aligned - unaligned).double()
@@ -87,10 +97,11 @@ class SafeLoRA(Defense):
         before = dict(unaligned.named_modules())
         projections, cosines = {}, {}
         for name, layer in layers.items():
-            if name not in before or before[name].weight.shape != layer.base_layer.weight.shape:
+            aligned = dense_weight(layer.base_layer).cpu()
+            if name not in before or before[name].weight.shape != aligned.shape:
                 raise InputError(f"safelora.unaligned_model: {o.unaligned_model} has no layer {name} of the adapter "
                                  f"base's shape (another architecture?)")
-            c = projection(layer.base_layer.weight.detach().cpu(), before[name].weight.detach())
+            c = projection(aligned, before[name].weight.detach())
             projections[name] = c
             cosines[name] = similarity(c, layer.lora_B["default"].weight.detach().cpu(),
                                        layer.lora_A["default"].weight.detach().cpu())
