@@ -226,10 +226,12 @@ def worker_main(search: Search, options, worker: int, threads: int | None, align
 
 def worker_env(worker: int, workers: int) -> dict[str, str]:
     """The environment of local worker `worker` of `workers`: its own GPU where there are several, else its
-    share of the CPU threads."""
+    share of the CPU threads (of OMP_NUM_THREADS where the user set it, else of the machine's cores)."""
     import torch
 
     gpus = torch.cuda.device_count()
     if gpus >= workers > 1:
         return {"CUDA_VISIBLE_DEVICES": str(worker)}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    total = int(threads) if threads.isdigit() and int(threads) > 0 else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, total // workers))}

@@ -183,3 +183,17 @@ def test_bad_space_is_one_line_exit_2(tmp_path, sweep_recipe, demo_data, space, 
     result = invoke("search", sweep_recipe, "--out", tmp_path / "s", "--space", space)
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_local_worker_takes_its_share_of_the_threads_the_user_allowed(monkeypatch):
+    import os
+
+    from surgerycli.study.search import worker_env
+
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert [worker_env(i, 3) for i in range(3)] == [{"OMP_NUM_THREADS": "2"}] * 3
+    assert worker_env(0, 8) == {"OMP_NUM_THREADS": "1"}  # never none
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert worker_env(1, 4) == {"OMP_NUM_THREADS": "4"}
