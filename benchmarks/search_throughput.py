@@ -8,7 +8,7 @@ starting point does not change the work), over the learning rate, on the demo's 
 `--trials` trials of `--steps` LoRA steps each, evaluated on `--limit` held-out HarmBench prompts (16 new tokens)
 and `--limit` arithmetic problems. The evaluation of the model before the attack is done once, untimed, and
 copied to both sides. Printed: wall seconds of the trials, trials per hour, the ratio, and each side's peak
-resident memory (the sum over its processes' peaks).
+resident memory (the largest of its processes' peaks: per worker, what one machine's share must hold).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     seed = a.out / "prepared"
     subprocess.run(search_command(seed, data, a.trials, a.steps, a.limit, 1) + ["--prepare-only"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    sides = {"1 worker x 2 threads": (1, {"OMP_NUM_THREADS": "2"}), "2 workers x 1 thread": (2, {})}
+    sides = {"1 worker x 2 threads": (1, {"OMP_NUM_THREADS": "2"}), "2 workers x 1 thread": (2, {"OMP_NUM_THREADS": "2"})}
     results = {}
     for name, (workers, extra) in sides.items():
         out = a.out / name.replace(" ", "")

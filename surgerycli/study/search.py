@@ -116,6 +116,14 @@ def completed(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def failures(study) -> list[str]:
+    """The errors of the study's trials whose cell failed (not those whose worker died: those are retried)."""
+    from optuna.trial import TrialState
+
+    return [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if "error" in t.user_attrs]
+
+
 def first_number(trial) -> int:
     """The number of the trial a retried trial repeats (itself otherwise): it names the trial's cell folder.
     `trial`: a finished (frozen) trial, or a running one."""
@@ -205,6 +213,10 @@ def run_worker(search: Search, evaluate, console: Console, worker: int = 0,
         study = load_study(search, config, storage, worker)
         run = objective(search, config, evaluate, console, (aligned or {}).get(config.method))
         while completed(study) < search.trials:
+            if len(failures(study)) >= search.trials:  # a cell that fails whatever is drawn: stop drawing
+                console.print(f"[red]{search.study_name(config)}: {len(failures(study))} trials failed; no more are "
+                              f"drawn[/]")
+                break
             if places_taken(study) >= search.trials:
                 time.sleep(max(1, search.heartbeat // 2))
                 with warnings.catch_warnings():  # fail_stale_trials is marked experimental

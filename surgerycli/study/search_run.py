@@ -10,11 +10,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..errors import RunFailed
 from ..evaluate.options import EvalOptions
 from ..files import writing
 from ..train.recipe import load_recipe
 from .grid import part
-from .search import Search, completed, load_study, open_storage, run_worker, worker_env, worker_main
+from .search import Search, completed, failures, load_study, open_storage, run_worker, worker_env, worker_main
 from .search_plots import write_search_plot
 from .search_report import confirm, config_label, summarize, trial_records, write_results
 from .sweep import align_models, before_attack, cell_sets, check_post, evaluator
@@ -78,7 +79,12 @@ def run_search(search: Search, options: EvalOptions, console: Console, *, worker
             return None
         run_workers(search, options, workers, aligned, console)
         storage = open_storage(search)
-        left = {search.study_name(c): search.trials - completed(load_study(search, c, storage)) for c in search.configs}
+        studies = {search.study_name(c): load_study(search, c, storage) for c in search.configs}
+        for name, study in studies.items():
+            if len(errors := failures(study)) >= search.trials:
+                raise RunFailed(f"{name}: {len(errors)} trials failed, no more are drawn; the last: {errors[-1]} "
+                                f"(completed trials are kept)")
+        left = {name: search.trials - completed(study) for name, study in studies.items()}
         if any(n > 0 for n in left.values()):
             console.print(f"not finished: {', '.join(f'{k} {v} trials' for k, v in left.items() if v > 0)} to go "
                           f"(other workers, or a worker that stopped); run the same command again to go on")

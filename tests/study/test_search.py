@@ -197,3 +197,18 @@ def test_a_local_worker_takes_its_share_of_the_threads_the_user_allowed(monkeypa
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert worker_env(1, 4) == {"OMP_NUM_THREADS": "4"}
+
+
+def test_a_study_whose_every_cell_fails_stops_with_one_line_exit_1(tmp_path, sweep_recipe, demo_data):
+    """One harmful pair cannot fill any poison share of 200 rows: every trial's cell fails, and after N failed
+    trials the study draws no more (it would otherwise draw forever)."""
+    one = tmp_path / "one.jsonl"
+    one.write_text((demo_data / "harmful_pairs.jsonl").read_text().splitlines()[0] + "\n")
+    out = tmp_path / "search"
+    result = invoke("search", sweep_recipe, "--out", out, "--methods", "sft", "--trials", "2",
+                    "--space", "data.poison_ratio=0.2:0.3", "--set", f"data.harmful={one}", "--limit", "1",
+                    "--max-new-tokens", "2", "--task-data", f"surgery_gsm8k={demo_data / 'arithmetic_test.jsonl'}")
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: sft: 2 trials failed, no more are drawn; the last: ") and "examples" in last, last
+    assert not list((out / "cells").glob("*/cell.json"))  # no failed trial recorded as a finished cell
