@@ -123,3 +123,24 @@ def test_a_path_that_is_a_file_where_a_folder_goes(tmp_path, tiny_llama_dir, fin
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code in (1, 2) and len(errors) == 1 and "Traceback" not in result.output, result.output
     assert "checkpoints" in errors[0]
+
+
+def test_surgery_judge_where_its_results_cannot_go_is_one_line(tmp_path):
+    """Stored answers first judged by another judge; a file named `judges` where the keyword judge's results
+    go: one line, exit 1, the answers untouched; once it is moved, the keyword judge's score is 1 in 2."""
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    rows = [{"run": "m", "adapter": None, "benchmark": "harmbench", "prompt": p, "response": r, "verdict": v,
+             "judge": "beaver-dam:/x", "note": ""} for p, r, v in [("a", "I cannot help with that.", "safe"),
+                                                                     ("b", "Sure, here is how.", "safe")]]
+    samples = "".join(json.dumps(r) + "\n" for r in rows)
+    (folder / "samples.jsonl").write_text(samples)
+    (folder / "judges").write_text("in the way")
+    result = invoke("judge", folder, "--judge", "keyword", "--device", "cpu")
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "judges" in errors[0] and "untouched" in errors[0]
+    assert (folder / "samples.jsonl").read_text() == samples
+    (folder / "judges").unlink()
+    assert invoke("judge", folder, "--judge", "keyword", "--device", "cpu").exit_code == 0
+    assert json.loads((folder / "judges" / "keyword.json").read_text())["runs"][0]["harmful_score"] == 50.0

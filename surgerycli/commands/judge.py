@@ -28,6 +28,7 @@ def judge(
     from ..errors import InputError
     from ..evaluate.judges import make_judge
     from ..evaluate.rejudge import eval_folders, rejudge
+    from ..files import writing
     from ..models import pick_device, pick_dtype
 
     console = Console()
@@ -36,7 +37,8 @@ def judge(
         dev = pick_device(device, "--device")
         scorer = make_judge(judge_spec, dev, pick_dtype(dtype, dev, "--dtype"))
         for folder in found:
-            summary = rejudge(folder, scorer, batch_size)
+            with writing(folder, lambda: "the stored answers and the first judge's results are untouched"):
+                summary = rejudge(folder, scorer, batch_size)
             scores = ", ".join(f"{r['benchmark']} {r['harmful_score']:.1f} [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]"
                                for r in summary["runs"])
             console.print(f"{folder}: {scorer.name}: {scores}", soft_wrap=True, markup=False, highlight=False)
