@@ -62,7 +62,7 @@ class Cell:
         sets = [f"data.poison_ratio={self.poison_ratio}", f"defense.method={part(self.method, 'finetune') or 'sft'}"]
         sets += [f"defense.post={post}"] if (post := part(self.method, "post")) else []
         sets += [f"surgery.alpha={self.alpha}"] if self.alpha is not None else []
-        sets += [f"{self.method}.{k}={v}" for k, v in self.options]
+        sets += [f"{k}={v}" if "." in k else f"{self.method}.{k}={v}" for k, v in self.options]  # see _own_key
         sets += [f"{k}={v}" for k, v in self.grid]
         sets += [f"train.seed={self.seed}"] if self.seed is not None else []
         return sets + ([f"model.name={aligned}"] if aligned is not None else [])
@@ -77,7 +77,8 @@ def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dic
          seeds: list[int] | None = None) -> list[Cell]:
     """Cells in run order: seed by seed (so a partial study is balanced), each grid point, then every method at
     the first ratio, then the next ratio; Surgery once per alpha. `axes`: recipe key -> value texts. An axis
-    in a defense's own section (`lisa.rho`) multiplies that defense's cells only; the others, every cell."""
+    in a defense's own section (`lisa.rho`) multiplies the cells of that defense (and of chains holding it) only;
+    the others, every cell."""
     import itertools
 
     def points(keys: dict[str, list[str]]) -> list[tuple[tuple[str, str], ...]]:
@@ -85,11 +86,17 @@ def grid(ratios: list[float], methods: list[str], alphas: list[float], axes: dic
 
     axes = axes or {}
     shared = {k: v for k, v in axes.items() if k.partition(".")[0] not in registry()}
-    own = {m: points({k.partition(".")[2]: v for k, v in axes.items() if k.partition(".")[0] == m}) for m in methods}
+    own = {m: points({_own_key(m, k): v for k, v in axes.items() if k.partition(".")[0] in parts(m).values()})
+           for m in methods}
     return [Cell(r, method, a, values, seed, options)
             for seed in (seeds if seeds is not None else [None]) for values in points(shared) for r in ratios
             for method in methods for a in (alphas if part(method, "finetune") == "surgery" else [None])
             for options in own[method]]
+
+
+def _own_key(method: str, key: str) -> str:
+    """An own axis's key in a cell: bare for a defense alone (`rho`), whole in a chain (`antidote.dense_ratio`)."""
+    return key.partition(".")[2] if method in registry() else key
 
 
 def parse_grid(texts: list[str]) -> dict[str, list[str]]:
@@ -164,9 +171,10 @@ def plan(recipe: Path, overrides: list[str], poison_ratios: str, methods: str, a
     ratios = parse_floats(poison_ratios, "--poison-ratios", 0.0, 1.0)
     axes, seed_list = parse_grid(grid_texts or []), parse_seeds(seeds)
     names = parse_methods(methods)
+    named = {d for n in names for d in parts(n).values()}  # every defense of every chain
     for key in axes:
         section = key.partition(".")[0]
-        if section in registry() and section not in names:
+        if section in registry() and section not in named:
             raise InputError(f"--grid {key}: {section} is not among --methods ({','.join(names)}); its own axis would "
                              f"multiply no cell")
         if section in registry() and registry()[section].stage == "align":

@@ -17,8 +17,13 @@ def method_label(cell: dict) -> str:
     """The method's title from the defense registry (a chain's titles joined by +), with Surgery's alpha and the
     values of the method's own grid axes (`Lisa rho=0.5`)."""
     alpha = f" a={cell['alpha']:g}" if cell.get("alpha") is not None else ""
-    own = "".join(f" {k}={v}" for k, v in (cell.get("options") or {}).items())
-    return " + ".join(registry()[name].title + (alpha if name == "surgery" else "") + (own if name == cell["method"] else "")
+    options = cell.get("options") or {}
+
+    def own(name: str) -> str:  # a defense alone keys its axes bare (`rho`), a chain by section (`lisa.rho`)
+        return "".join(f" {k.rpartition('.')[2]}={v}" for k, v in options.items()
+                       if k.partition(".")[0] == name or (name == cell["method"] and "." not in k))
+
+    return " + ".join(registry()[name].title + (alpha if name == "surgery" else "") + own(name)
                       for name in parts(cell["method"]).values())
 
 

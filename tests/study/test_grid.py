@@ -132,3 +132,20 @@ def test_grid_surgery_alpha_is_the_long_form_of_alphas(sweep_recipe):
     assert [c.name for c in long] == [c.name for c in short] == ["p0-sft", "p0-surgery-a10", "p0-surgery-a50"]
     with pytest.raises(InputError, match="given with --alphas too"):
         plan(sweep_recipe, [], "0", "surgery", "10", grid_texts=["surgery.alpha=10,50"])
+
+
+def test_an_own_axis_multiplies_the_chains_that_hold_its_defense(sweep_recipe):
+    from surgerycli.study.grid import plan
+
+    cells = plan(sweep_recipe, [], "0.1", "sft,surgery+antidote,antidote", "300",
+                 grid_texts=["antidote.dense_ratio=0.1,0.2"])
+    assert [c.name for c in cells] == ["p0.1-sft", "p0.1-surgery+antidote-a300-antidote.dense_ratio=0.1",
+                                       "p0.1-surgery+antidote-a300-antidote.dense_ratio=0.2",
+                                       "p0.1-antidote-dense_ratio=0.1", "p0.1-antidote-dense_ratio=0.2"]
+    assert cells[2].overrides() == ["data.poison_ratio=0.1", "defense.method=surgery", "defense.post=antidote",
+                                    "surgery.alpha=300.0", "antidote.dense_ratio=0.2"]
+    assert cells[4].overrides()[-1] == "antidote.dense_ratio=0.2"
+    from surgerycli.study.tables import method_label
+
+    assert [method_label(c.record()) for c in cells[1:4]] == [
+        "Surgery a=300 + Antidote dense_ratio=0.1", "Surgery a=300 + Antidote dense_ratio=0.2", "Antidote dense_ratio=0.1"]
