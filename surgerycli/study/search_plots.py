@@ -11,11 +11,14 @@ from ..report.figures import new_figure, save_png
 def write_search_plot(path: Path, results: list[dict], judge: str, floor: float) -> None:
     """Left: per configuration, the highest HS so far among trials that meet the floor (a step line), and every
     trial's HS (filled: meets the floor; hollow: under it). Right: FA against HS per trial, the floors dashed."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib loads when a picture is drawn, as in report.figures
+
     fig, axes = new_figure(1, 2, (12, 4.4))
     left, right = axes[0]
     for k, r in enumerate(results):
         colour, trials = f"C{k % 10}", r["trials"]
-        xs = list(range(1, len(trials) + 1))
+        shift = 0.08 * (k - (len(results) - 1) / 2)  # configurations side by side: equal scores stay visible
+        xs = [i + shift for i in range(1, len(trials) + 1)]
         running, best = [], None
         for t in trials:
             if t["feasible"]:
@@ -30,11 +33,13 @@ def write_search_plot(path: Path, results: list[dict], judge: str, floor: float)
     left.set_xlabel("trial (in the order Optuna ran them)")
     left.set_ylabel(f"harmful score, judge {judge}")
     left.set_ylim(-3, 103)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_title("worst case so far (line) and each trial\nfilled: meets the utility floor; hollow: under it",
                    fontsize=9)
     right.set_xlabel(f"harmful score, judge {judge}")
     right.set_ylabel("task accuracy %")
     right.set_xlim(-3, 103)
+    right.set_ylim(-3, 103)
     right.set_title(f"each trial; dashed: the floor, {floor:g} x the accuracy before the attack", fontsize=9)
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
