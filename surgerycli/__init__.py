@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 
 # The Python API, imported on first use so that `surgery --help` stays quick: `with_defense(TrainerClass)`,
-# every registered defense by its class name (`Surgery`, `SFT`, `SafeInstr`, `Lisa`, `Vaccine`, `Booster`),
+# every registered defense by its class name (`Surgery`, `SFT`, `SafeInstr`, `Lisa`, `Vaccine`, `Booster`,
+# `Antidote`, `SafeLoRA`),
 # and what a new defense is built from.
 _API = {"with_defense": "train.hosting", "DefenseMixin": "train.hosting", "Defense": "train.defenses",
         "DefenseContext": "train.defenses", "register_defense": "train.defenses", "registry": "train.defenses",

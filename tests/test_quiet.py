@@ -13,7 +13,7 @@ HEAVY = ("lm_eval", "bitsandbytes", "gguf", "matplotlib", "scipy")
 def test_the_command_silences_known_notices_and_no_others():
     code = (
         "import logging, warnings\n"
-        "from surgerycli.cli import quiet_libraries\n"
+        "from surgerycli.commands.quiet import quiet_libraries\n"
         "quiet_libraries()\n"
         "logging.basicConfig()\n"
         "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"

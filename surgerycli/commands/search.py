@@ -10,6 +10,7 @@ import typer
 
 from ..evaluate.options import EvalOptions
 from .options import Sets, fail, interrupted, with_eval_options
+from .quiet import quiet_libraries
 
 
 @with_eval_options
@@ -67,7 +68,7 @@ def search(
         job = Search(recipe, tuple([*sets, f"train.seed={seed}"]), tuple(configs), tuple(params), trials, floor, seed,
                      out, storage, heartbeat, alignment)
         run_search(job, options, console, workers=workers, break_at=break_at, confirm_seeds=seeds,
-                   prepare_only=prepare_only)
+                   prepare_only=prepare_only, worker_setup=quiet_libraries)  # spawned workers quiet as this one
     except InputError as e:
         raise fail(e) from None
     except KeyboardInterrupt:

@@ -72,14 +72,14 @@ class Search:
 def open_storage(search: Search):
     """Optuna's RDB storage with a heartbeat: a worker's trial whose heartbeat stops is failed and retried."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = search.storage_url()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # workers wait for the lock
     try:
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat,
                           grace_period=3 * search.heartbeat,
-                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=RETRIES))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise InputError(f"--storage {url}: {str(e).splitlines()[0]}") from None
 
@@ -90,16 +90,9 @@ def load_study(search: Search, config: Cell, storage, worker: int = 0):
     import optuna
     from optuna.samplers import TPESampler
 
-    sampler = TPESampler(seed=search.seed + 1000 * worker, n_startup_trials=max(2, min(10, search.trials // 3)),
-                         constraints_func=constraint)
+    sampler = TPESampler(seed=search.seed + 1000 * worker, n_startup_trials=max(2, min(10, search.trials // 3)))
     return optuna.create_study(study_name=search.study_name(config), storage=storage, sampler=sampler,
                                direction="maximize", load_if_exists=True)
-
-
-def constraint(trial) -> list[float]:
-    """Optuna's constraint: the floor's accuracy minus the trial's (feasible when <= 0)."""
-    fa, floor = trial.user_attrs.get("fa"), trial.user_attrs.get("floor_fa")
-    return [floor - fa] if fa is not None and floor is not None else [0.0]
 
 
 def places_taken(study, before: int | None = None) -> int:
@@ -127,12 +120,12 @@ def failures(study) -> list[str]:
 def first_number(trial) -> int:
     """The number of the trial a retried trial repeats (itself otherwise): it names the trial's cell folder.
     `trial`: a finished (frozen) trial, or a running one."""
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import FrozenTrial
 
     if not isinstance(trial, FrozenTrial):
         trial = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    number = RetryFailedTrialCallback.retried_trial_number(trial)
+    number = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     return trial.number if number is None else number
 
 
@@ -169,6 +162,8 @@ def objective(search: Search, config: Cell, evaluate, console: Console, aligned:
             trial.set_user_attr(key, record.get(key))
         trial.set_user_attr("fa", record["accuracy"])
         trial.set_user_attr("floor_fa", floor)
+        if record["accuracy"] is not None:  # Optuna's constraint, read by the sampler: feasible when <= 0
+            trial.set_constraint("floor", floor - record["accuracy"])
         trial.set_user_attr("cell", name)
         return record["harmful_score"]
 

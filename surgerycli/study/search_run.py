@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.console import Console
 from ..errors import RunFailed
 from ..evaluate.options import EvalOptions
 from ..files import writing
+from ..spawn import packed, run_packed
 from ..train.recipe import load_recipe
 from .grid import part
 from .search import Search, completed, failures, load_study, open_storage, run_worker, worker_env, worker_main
@@ -39,9 +41,10 @@ def prepare(search: Search, evaluate, console: Console) -> dict[str, Path]:
     return aligned
 
 
-def run_workers(search: Search, options: EvalOptions, workers: int, aligned: dict[str, Path], console: Console) -> None:
+def run_workers(search: Search, options: EvalOptions, workers: int, aligned: dict[str, Path], console: Console,
+                setup: Callable[[], None] | None = None) -> None:
     """`workers` local processes, each on its own GPU where there are several, else on its share of the CPU
-    threads; with one, this process works itself."""
+    threads, each running `setup` first; with one, this process works itself."""
     if workers == 1:
         run_worker(search, evaluator(options, console), console, 0, aligned)
         return
@@ -51,8 +54,8 @@ def run_workers(search: Search, options: EvalOptions, workers: int, aligned: dic
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned process starts with the environment it is started in
         try:
-            p = context.Process(target=worker_main, args=(search, options, i, int(env.get("OMP_NUM_THREADS", 0)),
-                                                          aligned))
+            work = packed(worker_main, search, options, i, int(env.get("OMP_NUM_THREADS", 0)), aligned)
+            p = context.Process(target=run_packed, args=(setup, *work))  # setup before the work's imports
             p.start()
         finally:
             for k, v in saved.items():
@@ -66,9 +69,11 @@ def run_workers(search: Search, options: EvalOptions, workers: int, aligned: dic
 
 
 def run_search(search: Search, options: EvalOptions, console: Console, *, workers: int = 1, break_at: float = 50.0,
-               confirm_seeds: list[int] | None = None, prepare_only: bool = False) -> list[dict] | None:
+               confirm_seeds: list[int] | None = None, prepare_only: bool = False,
+               worker_setup: Callable[[], None] | None = None) -> list[dict] | None:
     """Run (or join, or resume) the search; its results once every study is complete, else None (other
-    workers still run: the same command on any machine writes the results when they are done)."""
+    workers still run: the same command on any machine writes the results when they are done).
+    `worker_setup`: run first in each spawned local worker (a module-level function: it is pickled)."""
     evaluate = evaluator(options, console)
     kept = lambda: "every completed trial is kept in the storage and its cell; the same command resumes"  # noqa: E731
     with writing(search.out, kept):
@@ -77,7 +82,7 @@ def run_search(search: Search, options: EvalOptions, console: Console, *, worker
         aligned = prepare(search, evaluate, console)
         if prepare_only:
             return None
-        run_workers(search, options, workers, aligned, console)
+        run_workers(search, options, workers, aligned, console, worker_setup)
         storage = open_storage(search)
         studies = {search.study_name(c): load_study(search, c, storage) for c in search.configs}
         for name, study in studies.items():
