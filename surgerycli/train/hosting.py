@@ -108,6 +108,9 @@ class DefenseMixin(TrainerHooks):
     def __init__(self, *args, defense: Defense, **kwargs):
         if not isinstance(defense, Defense):
             raise TypeError(f"defense: expected a Defense (e.g. surgerycli.Surgery()), got {type(defense).__name__}")
+        if defense.stage == "post":  # it would train as plain SFT and repair nothing, silently
+            raise TypeError(f"with_defense: {type(defense).__name__} repairs a model after training; call "
+                            f"{type(defense).__name__}(...).apply(model, tokenizer) after trainer.train()")
         if len(args) > 3 and type(defense).extra_examples is not Defense.extra_examples:
             raise TypeError(f"with_defense: {type(defense).__name__} mixes samples into train_dataset; pass it (and "
                             f"what follows it) by keyword")

@@ -158,3 +158,14 @@ def test_a_sweep_of_chains_runs_each_stage_once_per_chain(tmp_path, sweep_recipe
     result = invoke("sweep", sweep_recipe, "--out", tmp_path / "never", "--methods", "lisa+surgery")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "lisa and surgery are both finetune-stage defenses" in result.output
+
+
+def test_a_trainer_refuses_a_post_fine_tuning_defense(tokenizer_dir):
+    """Antidote inside a trainer would train plain SFT and repair nothing; the mixin says where it goes."""
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from surgerycli import with_defense
+
+    with pytest.raises(TypeError, match=r"Antidote repairs a model after training; call Antidote\(\.\.\.\)\.apply"):
+        with_defense(Trainer)(model=tiny_model("llama"), args=TrainingArguments("unused", report_to="none"),
+                              processing_class=AutoTokenizer.from_pretrained(tokenizer_dir), defense=Antidote())
