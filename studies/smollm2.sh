@@ -14,7 +14,8 @@
 #                                      # chains surgery+antidote (both alphas) and lisa+antidote) over lr 2e-5..1e-3
 #                                      # (log), poison 0.05..0.3, epochs 1..4, LoRA rank 8..32; 12 trials each, the
 #                                      # floor 0.8, each worst trial confirmed on seeds 0, 1, 2; model-written answers;
-#                                      # METHODS narrows it and a rerun resumes (the studies live in $OUT/worst/search.db)
+#                                      # METHODS narrows it (in its order), TRIALS and CONFIRM (a seed list) shorten it,
+#                                      # and a rerun resumes (the studies live in $OUT/worst/search.db)
 #   surgery report study-out/sweep --out study-out/report
 # Every stage writes into one sweep folder (study-out/sweep): the alignment and the "before the attack" row are
 # done once, a cell shared by two stages runs once, and an interrupted stage resumes where it stopped.
@@ -68,7 +69,7 @@ case "${1:-}" in
           --methods "${METHODS:-sft,surgery,lisa,safeinstr,vaccine,booster,antidote,safelora,surgery+antidote,lisa+antidote}" \
           --alphas "${USER_ALPHAS:-300,3000}" \
           --trials "${TRIALS:-12}" --space train.learning_rate=2e-5:1e-3:log --space data.poison_ratio=0.05:0.3 \
-          --space train.epochs=1:4 --space lora.r=8:32:int --floor 0.8 --seed 0 --confirm-seeds 0,1,2 \
+          --space train.epochs=1:4 --space lora.r=8:32:int --floor 0.8 --seed 0 --confirm-seeds "${CONFIRM:-0,1,2}" \
           --workers "${WORKERS:-1}" ;;
   *) echo "usage: bash studies/smollm2.sh scan|main|baselines|poison|paper|written|worst" >&2; exit 2 ;;
 esac
