@@ -55,12 +55,15 @@ def summarize(records: list[dict], break_at: float) -> dict:
 
 def confirm(search: Search, config, summary: dict, seeds: list[int], evaluate, console: Console,
             aligned: Path | None) -> dict | None:
-    """The worst trial's settings again on each of `seeds` (train.seed), each a cell `<trial cell>-s<seed>`:
-    HS and FA as mean ± sd over the seeds with the pooled 95% interval (`study.aggregate.score_stats`)."""
+    """The worst trial's settings again on each of `seeds` (train.seed), each a cell `<trial cell>-s<seed>` (the
+    search's own seed: the trial's cell itself, not run twice): HS and FA as mean ± sd over the seeds with the
+    pooled 95% interval (`study.aggregate.score_stats`)."""
     worst = summary["worst"]
     if worst is None or not seeds:
         return None
-    records = [trial_cell(search, config, f"{worst['cell']}-s{seed}", worst["params"], evaluate, console, aligned,
+    records = [trial_cell(search, config, worst["cell"], worst["params"], evaluate, console, aligned)
+               if seed == search.seed else
+               trial_cell(search, config, f"{worst['cell']}-s{seed}", worst["params"], evaluate, console, aligned,
                           seed=seed) for seed in seeds]
     return {"seeds": seeds, "cells": [r["name"] for r in records],
             "hs": score_stats(records, "harmful_score", "hs_n", "hs_ci95"),

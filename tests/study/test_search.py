@@ -73,11 +73,25 @@ def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_dat
 
 def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
     firsts = []
-    for run in ("a", "b"):
+    for run, extra in (("a", ["--confirm-seeds", "3,4"]), ("b", [])):
         out = tmp_path / run
-        ok(*search_args(sweep_recipe, out, demo_data, "--methods", "sft", "--trials", "3"))
+        ok(*search_args(sweep_recipe, out, demo_data, "--methods", "sft", "--trials", "3", *extra))
         firsts.append([t["params"] for t in json.loads((out / "search.json").read_text())["configurations"][0]["trials"]])
     assert firsts[0] == firsts[1] and len(firsts[0]) == 3
+    # the worst trial confirmed on seeds 3 (the search's own: the trial's cell, not run again) and 4 (a new cell)
+    config = json.loads((tmp_path / "a" / "search.json").read_text())["configurations"][0]
+    worst = config["summary"]["worst"]["cell"]
+    assert config["confirm"]["cells"] == [worst, f"{worst}-s4"]
+    cells = tmp_path / "a" / "cells"
+    assert sorted(p.name for p in cells.iterdir()) == sorted([f"sft-t{i}" for i in range(3)] + [f"{worst}-s4"])
+    assert "seed = 4\n" in (cells / f"{worst}-s4" / "finetune" / "recipe.resolved.toml").read_text()
+    verdicts = [json.loads(line)["verdict"] for c in config["confirm"]["cells"]
+                for line in (cells / c / "eval" / "samples.jsonl").read_text().splitlines()]
+    verdicts = [v for v in verdicts if v in ("harmful", "safe")]
+    hs = config["confirm"]["hs"]
+    assert (hs["k"], hs["n"]) == (verdicts.count("harmful"), len(verdicts)) == (hs["k"], 4)  # 2 prompts x 2 seeds
+    scores = [json.loads((cells / c / "cell.json").read_text())["harmful_score"] for c in config["confirm"]["cells"]]
+    assert hs["values"] == scores and hs["mean"] == pytest.approx(sum(scores) / 2)
 
 
 @pytest.fixture()
