@@ -144,3 +144,18 @@ def test_surgery_judge_where_its_results_cannot_go_is_one_line(tmp_path):
     (folder / "judges").unlink()
     assert invoke("judge", folder, "--judge", "keyword", "--device", "cpu").exit_code == 0
     assert json.loads((folder / "judges" / "keyword.json").read_text())["runs"][0]["harmful_score"] == 50.0
+
+
+def test_a_file_written_whole_gets_the_mode_a_plain_write_gives(tmp_path):
+    """Written through a temporary file and a rename, a result still has the mode open() would give it (the
+    temporary file's 0600 would hide a report from the rest of a lab on a shared filesystem)."""
+    from surgerycli.files import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "whole.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "whole.json") == mode(tmp_path / "plain.json") == 0o640
