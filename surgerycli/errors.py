@@ -20,6 +20,6 @@ class WriteError(InputError):
 
 class RunFailed(InputError):
     """Work that ran and failed every time (each trial of a search's study): one line with the last error and
-    where the rest is; the CLI exits with code 1."""
+    what is kept; the CLI exits with code 1."""
 
     exit_code = 1
