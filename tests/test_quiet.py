@@ -90,7 +90,8 @@ built = state()
 """ + train + """
 from surgerycli import with_defense
 for defense in defenses:
-    train(with_defense(Trainer), defense=defense)
+    if defense.stage != "post":  # a post-fine-tuning defense repairs after training (Defense.apply), untrained here
+        train(with_defense(Trainer), defense=defense)
 print(json.dumps({"before": before, "built": built, "after": state()}))
 """)
     assert with_defenses["built"] == with_defenses["before"]  # importing and building change nothing
