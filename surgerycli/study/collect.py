@@ -25,7 +25,8 @@ BASE_KEYS = ("model", "harmful_score", "accuracy")  # the scores before the atta
 def read_sweep(folder: Path) -> dict:
     """A sweep folder's record: its sweep.json with every other finished cells/*/cell.json after its cells
     (several sweeps may run into one folder: each sweep.json lists only the last one's grid), or, for a sweep
-    still running or interrupted, its base.json and the finished cells. InputError for a folder with no sweep."""
+    still running or interrupted and for a search folder (whose search.json names the recipe), its base.json
+    and the finished cells. InputError for a folder with no sweep."""
     if not folder.is_dir():
         raise InputError(f"{folder}: no such sweep folder")
     cells = [_read_json(p, CELL_KEYS) for p in sorted(folder.glob("cells/*/cell.json"))]
@@ -39,7 +40,9 @@ def read_sweep(folder: Path) -> dict:
         return {**sweep, "cells": sweep["cells"] + [c for c in cells if c["name"] not in listed]}
     if not (folder / "base.json").is_file() or not cells:
         raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
-    return {"recipe": None, "overrides": [], "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": {},
+    search = _read_json(folder / "search.json", ("recipe",)) if (folder / "search.json").is_file() else {}
+    return {"recipe": search.get("recipe"), "overrides": search.get("overrides", []),
+            "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": {},
             "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
 
 

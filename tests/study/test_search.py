@@ -68,7 +68,8 @@ def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_dat
     assert "| SFT |" in (out / "search.md").read_text()
     # `surgery report` reads the folder as a sweep: a row per trial
     ok("report", out, "--out", tmp_path / "report")
-    assert len(json.loads((tmp_path / "report" / "sweep.json").read_text())["cells"]) == 8
+    report = json.loads((tmp_path / "report" / "sweep.json").read_text())
+    assert len(report["cells"]) == 8 and report["recipe"] == os.path.relpath(sweep_recipe, tmp_path / "report")  # as search.json names it
 
 
 def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
