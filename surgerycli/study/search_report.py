@@ -86,7 +86,8 @@ def results_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     for r in results:
         s, w, c = r["summary"], r["summary"]["worst"], r.get("confirm")
         confirmed = "-" if not c or not c["hs"] else (
-            f"{c['hs']['mean']:.1f} ± {c['hs']['std'] or 0:.1f} [{c['hs']['ci95'][0]:.1f}, {c['hs']['ci95'][1]:.1f}]"
+            f"{c['hs']['mean']:.1f}" + (f" ± {c['hs']['std']:.1f}" if c['hs']['std'] is not None else "")  # one seed: no sd
+            + f" [{c['hs']['ci95'][0]:.1f}, {c['hs']['ci95'][1]:.1f}]"
             f" ({','.join(map(str, c['seeds']))})")
         rows.append([r["label"], _fmt(w["harmful_score"], w["hs_ci95"]) if w else "none met the floor",
                      settings(w["params"]) if w else "-",
