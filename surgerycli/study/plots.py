@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..report.figures import new_figure, save_png
 from .grid import part
-from .tables import layout, method_label, method_order, point_label, seeded
+from .tables import layout, method_label, method_order, point_label, seeded, short_point
 
 _MARKERS = "osD^vPX<>*"  # correlation.png: a shape per method
 
@@ -127,7 +127,7 @@ def write_sweep_plot(path: Path, sweep: dict, judge: str) -> None:
             ax = axes[i][j]
             _draw_panel(ax, point, key, methods, ratios, by_key)
             _before_lines(ax, sweep, key, methods)
-            ax.set_title((f"{point}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
+            ax.set_title((f"{short_point(point)}\n" if point else "") + title + over + "\nerror bars: 95% Wilson interval", fontsize=9)
             ax.set_ylim(-2, 112)
     _legend_beside(fig, [ax for column in axes for ax in column])
     fig.tight_layout()
