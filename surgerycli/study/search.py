@@ -109,12 +109,14 @@ def completed(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def failures(study) -> list[str]:
-    """The errors of the study's trials whose cell failed (not those whose worker died: those are retried)."""
+def given_up(search: Search, study) -> list[str]:
+    """The errors of the study's failed cells once there are `search.trials` of them (a cell that fails whatever is
+    drawn: no more trials are drawn), else []. A trial whose worker died is not one of them: it is retried."""
     from optuna.trial import TrialState
 
-    return [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if "error" in t.user_attrs]
+    errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if "error" in t.user_attrs]
+    return errors if len(errors) >= search.trials else []
 
 
 def first_number(trial) -> int:
@@ -208,9 +210,8 @@ def run_worker(search: Search, evaluate, console: Console, worker: int = 0,
         study = load_study(search, config, storage, worker)
         run = objective(search, config, evaluate, console, (aligned or {}).get(config.method))
         while completed(study) < search.trials:
-            if len(failures(study)) >= search.trials:  # a cell that fails whatever is drawn: stop drawing
-                console.print(f"[red]{search.study_name(config)}: {len(failures(study))} trials failed; no more are "
-                              f"drawn[/]")
+            if errors := given_up(search, study):
+                console.print(f"[red]{search.study_name(config)}: {len(errors)} trials failed; no more are drawn[/]")
                 break
             if places_taken(study) >= search.trials:
                 time.sleep(max(1, search.heartbeat // 2))

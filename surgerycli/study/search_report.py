@@ -61,10 +61,8 @@ def confirm(search: Search, config, summary: dict, seeds: list[int], evaluate, c
     worst = summary["worst"]
     if worst is None or not seeds:
         return None
-    records = [trial_cell(search, config, worst["cell"], worst["params"], evaluate, console, aligned)
-               if seed == search.seed else
-               trial_cell(search, config, f"{worst['cell']}-s{seed}", worst["params"], evaluate, console, aligned,
-                          seed=seed) for seed in seeds]
+    records = [trial_cell(search, config, worst["cell"] if seed == search.seed else f"{worst['cell']}-s{seed}",
+                          worst["params"], evaluate, console, aligned, seed=seed) for seed in seeds]
     return {"seeds": seeds, "cells": [r["name"] for r in records],
             "hs": score_stats(records, "harmful_score", "hs_n", "hs_ci95"),
             "fa": score_stats(records, "accuracy", "fa_n", "fa_ci95")}

@@ -17,7 +17,7 @@ from ..files import writing
 from ..spawn import packed, run_packed
 from ..train.recipe import load_recipe
 from .grid import part
-from .search import Search, completed, failures, load_study, open_storage, run_worker, worker_env, worker_main
+from .search import Search, completed, given_up, load_study, open_storage, run_worker, worker_env, worker_main
 from .search_plots import write_search_plot
 from .search_report import confirm, config_label, summarize, trial_records, write_results
 from .sweep import align_models, before_attack, cell_sets, check_post, evaluator
@@ -86,7 +86,7 @@ def run_search(search: Search, options: EvalOptions, console: Console, *, worker
         storage = open_storage(search)
         studies = {search.study_name(c): load_study(search, c, storage) for c in search.configs}
         for name, study in studies.items():
-            if len(errors := failures(study)) >= search.trials:
+            if errors := given_up(search, study):
                 raise RunFailed(f"{name}: {len(errors)} trials failed, no more are drawn; the last: {errors[-1]} "
                                 f"(completed trials are kept)")
         left = {name: search.trials - completed(study) for name, study in studies.items()}
