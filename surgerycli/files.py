@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def damaged_file(path: Path) -> str | None:
 def save_folder(path: Path, save: Callable[[Path], None]) -> None:
     """Call `save(tmp_dir)` beside `path`, then swap it into place: never a half-written folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = _beside(path, "", os.mkdir)
     old = path.parent / f".{path.name}.old"
     try:
         save(tmp)

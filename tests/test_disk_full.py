@@ -146,16 +146,22 @@ def test_surgery_judge_where_its_results_cannot_go_is_one_line(tmp_path):
     assert json.loads((folder / "judges" / "keyword.json").read_text())["runs"][0]["harmful_score"] == 50.0
 
 
-def test_a_file_written_whole_gets_the_mode_a_plain_write_gives(tmp_path):
-    """Written through a temporary file and a rename, a result still has the mode open() would give it (the
-    temporary file's 0600 would hide a report from the rest of a lab on a shared filesystem)."""
-    from surgerycli.files import atomic_write_text
+def test_a_file_or_folder_written_whole_gets_the_mode_a_plain_write_gives(tmp_path):
+    """Written through a temporary file (or folder: a saved adapter, a merged model) and a rename, a result still
+    has the mode open() (mkdir()) would give it (tempfile's 0600 and 0700 would hide a report or a model from the
+    rest of a lab on a shared filesystem)."""
+    from surgerycli.files import atomic_write_text, save_folder
 
     old = os.umask(0o027)
     try:
         atomic_write_text(tmp_path / "whole.json", "{}")
         (tmp_path / "plain.json").write_text("{}")
+        save_folder(tmp_path / "whole", lambda d: (d / "weights.bin").write_bytes(b"0"))
+        (tmp_path / "plain").mkdir()
     finally:
         os.umask(old)
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "whole.json") == mode(tmp_path / "plain.json") == 0o640
+    assert mode(tmp_path / "whole") == mode(tmp_path / "plain") == 0o750
+    assert mode(tmp_path / "whole" / "weights.bin") == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
