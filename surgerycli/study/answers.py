@@ -91,9 +91,10 @@ def evidence(rows: list[dict], first_judge: str) -> dict[str, dict]:
 
 
 def write_answers(path: Path, rows: list[dict]) -> None:
-    """answers.jsonl.gz, written whole (a fixed mtime: the same answers give the same bytes)."""
+    """answers.jsonl.gz, written whole (a fixed mtime and name in its header, not the temporary file's: the same
+    answers give the same bytes)."""
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        with open(tmp, "wb") as raw, gzip.GzipFile(path.name, mode="wb", fileobj=raw, mtime=0) as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
 
     atomic_write(path, write)

@@ -108,6 +108,7 @@ def test_every_answer_is_kept_judged_again_and_gathered(judged, classifier):
     ok("report", report, "--out", report.parent / "again")
     with gzip.open(report.parent / "again" / "answers.jsonl.gz", "rt") as f:
         assert [json.loads(line) for line in f] == rows
+    assert (report.parent / "again" / "answers.jsonl.gz").read_bytes() == (report / "answers.jsonl.gz").read_bytes()
 
 
 def test_the_page_opens_from_file_and_filters_in_a_real_browser(judged, tmp_path):
