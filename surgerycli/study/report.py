@@ -1,5 +1,6 @@
 """`surgery sweep`, `surgery report` and `surgery demo`: a sweep's tables printed, and sweep.md, sweep.png,
-sweep.json (and for `surgery report` correlation.png and correlation.json) written into its folder."""
+sweep.json (and for `surgery report` correlation.png and correlation.json; of search folders, their search.png
+instead of sweep.png) written into its folder."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from .tables import cells_table, correlation_md, intro_md, paper_table, rich_tab
 
 
 def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: str = "", source=None,
-                base_folder: Path | None = None) -> None:
+                base_folder: Path | None = None, plots: list[Path] | None = None) -> None:
     """Print the tables; write sweep.md, sweep.png, the answers (answers.jsonl.gz) with what they say beside the
     scores, report.html, and sweep.json (last: it marks a finished sweep). `source(cell)`: the folder a cell's
-    answers are in (default `out`); `base_folder`: where the model before the attack was evaluated (default `out`)."""
+    answers are in (default `out`); `base_folder`: where the model before the attack was evaluated (default `out`);
+    `plots`: the pictures to show instead of sweep.png (a search's search.png), none drawn."""
     rows = gather(sweep["cells"], source or (lambda c: out), base_folder or out)
     found = evidence(rows, judge)
     several = " (mean ± sd over seeds)" if seeded(sweep) else ""
@@ -47,7 +49,8 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
     failed = [c for c in sweep["cells"] if c["status"] != "ok"]
     md += "".join(f"\nFailed: `{c['name']}`: {c['error']}\n" for c in failed)
     atomic_write_text(out / "sweep.md", md)
-    write_sweep_plot(out / "sweep.png", sweep, judge)
+    if plots is None:
+        write_sweep_plot(out / "sweep.png", sweep, judge)
     if rows:
         write_answers(out / ANSWERS, rows)
     cells = cells_table(sweep)
@@ -55,7 +58,7 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
                       [("Harmful score and task accuracy", table_html(*sweep_table(sweep))),
                        ("Every cell (click one for its answers)", table_html(*cells, [r[0] for r in cells[1]])),
                        ("The answers, per cell", table_html(*answers))],
-                      [out / "sweep.png", out / "correlation.png"], rows)
+                      [*(plots if plots is not None else [out / "sweep.png"]), out / "correlation.png"], rows)
     write_json(out / "sweep.json", {**sweep, "judge": judge, "answers": found})
 
 
@@ -79,8 +82,11 @@ def report_sweeps(folders: list[Path], out: Path | None, console: Console) -> Pa
     corr = correlation(merged["cells"])
     with writing(out, lambda: "the sweep folders read are unchanged; each report file is whole or absent"):
         write_correlation_plot(out / "correlation.png", merged["cells"], corr, judge)  # before report.html takes it
+        # searches' trials are no grid over the poison ratio: a panel per trial would say nothing; search.png does
+        searches = [f / "search.png" for f in folders if (f / "search.json").is_file() and (f / "search.png").is_file()]
         write_sweep(out, merged, judge, console, extra_md=correlation_md(corr, judge),
-                    source=lambda c: out / c["sweep"], base_folder=folders[0])
+                    source=lambda c: out / c["sweep"], base_folder=folders[0],
+                    plots=searches if len(searches) == len(folders) else None)
         atomic_write_text(out / "correlation.json", json.dumps(corr, indent=1) + "\n")
     console.print(correlation_md(corr, judge).strip())
     return out

@@ -70,6 +70,9 @@ def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_dat
     ok("report", out, "--out", tmp_path / "report")
     report = json.loads((tmp_path / "report" / "sweep.json").read_text())
     assert len(report["cells"]) == 8 and report["recipe"] == os.path.relpath(sweep_recipe, tmp_path / "report")  # as search.json names it
+    page = (tmp_path / "report" / "report.html").read_text()  # the search's picture, not a panel per trial
+    assert 'alt="search.png"' in page and 'alt="sweep.png"' not in page
+    assert not (tmp_path / "report" / "sweep.png").exists()
 
 
 def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
