@@ -11,8 +11,8 @@ from .options import fail
 
 
 def report(
-    sweeps: Annotated[list[Path], typer.Argument(metavar="SWEEP_DIR", help="Sweep folders (`surgery sweep --out`), finished or not: sweeps run at different times merge into one table.")],
-    out: Annotated[Path | None, typer.Option(help="Folder for sweep.md, sweep.png, sweep.json, correlation.png. Default: the sweep folder itself when one finished sweep is given.")] = None,
+    sweeps: Annotated[list[Path], typer.Argument(metavar="SWEEP_DIR", help="Sweep folders (`surgery sweep --out`) or search folders (`surgery search --out`), finished or not: sweeps run at different times merge into one table.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for sweep.md, sweep.png (of search folders: their search.png, in report.html), sweep.json, correlation.png and .json, answers.jsonl.gz and report.html. Default: the sweep folder itself when one finished sweep is given.")] = None,
 ) -> None:
     """Tables and plots of one or several sweeps as one (mean ± sd over seeds, pooled 95% Wilson intervals), and Spearman's correlation between positive heads after fine-tuning and harmful score across every cell, with its p-value and N.
 
