@@ -12,11 +12,11 @@ from .options import fail
 
 def report(
     sweeps: Annotated[list[Path], typer.Argument(metavar="SWEEP_DIR", help="Sweep folders (`surgery sweep --out`) or search folders (`surgery search --out`), finished or not: sweeps run at different times merge into one table.")],
-    out: Annotated[Path | None, typer.Option(help="Folder for sweep.md, sweep.png (of search folders: their search.png, in report.html), sweep.json, correlation.png and .json, answers.jsonl.gz and report.html. Default: the sweep folder itself when one finished sweep is given.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for sweep.md, sweep.png (of search folders: their search.png instead), sweep.json, correlation.png and .json, answers.jsonl.gz and report.html; of one search folder also its search.md, search.json and search.png. Default: the sweep folder itself when one finished sweep is given.")] = None,
 ) -> None:
     """Tables and plots of one or several sweeps as one (mean ± sd over seeds, pooled 95% Wilson intervals), and Spearman's correlation between positive heads after fine-tuning and harmful score across every cell, with its p-value and N.
 
-    A cell found in two folders keeps the later folder's. Sweeps judged by different judges are refused.
+    A cell found in two folders keeps the later folder's. Sweeps judged by different judges are refused. A search folder's trials are its cells, and its worst-case table (search.json) is printed and shown too.
 
     Manual: docs/sweeps.md.
     """
@@ -30,4 +30,4 @@ def report(
         folder = report_sweeps(sweeps, out, console)
     except InputError as e:
         raise fail(e) from None
-    console.print(f"wrote {folder}/sweep.md, sweep.png, sweep.json, correlation.png, correlation.json")
+    console.print(f"wrote {folder}/report.html (open it in a browser) and the tables and plots beside it")

@@ -14,13 +14,12 @@ import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from ..evaluate.stats import percent_interval
 from ..files import atomic_write_text, write_json
-from ..report.eval import markdown_table
 from .aggregate import score_stats
 from .search import Search, first_number, load_study, open_storage, trial_cell
+from .search_tables import print_results, search_md
 from .tables import method_label
 
 
@@ -68,58 +67,14 @@ def confirm(search: Search, config, summary: dict, seeds: list[int], evaluate, c
             "fa": score_stats(records, "accuracy", "fa_n", "fa_ci95")}
 
 
-def _fmt(x: float | None, ci: list[float] | None = None) -> str:
-    return "-" if x is None else f"{x:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
-
-
-def settings(params: dict) -> str:
-    return ", ".join(f"{k.rpartition('.')[2]} {v:.3g}" if isinstance(v, float) else f"{k.rpartition('.')[2]} {v}"
-                     for k, v in params.items())
-
-
-def results_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["configuration", "worst-case HS", "its settings", "FA there (floor)", "top-3 mean", "trials to break",
-              "under floor", "confirmed HS (seeds)"]
-    rows = []
-    for r in results:
-        s, w, c = r["summary"], r["summary"]["worst"], r.get("confirm")
-        confirmed = "-" if not c or not c["hs"] else (
-            f"{c['hs']['mean']:.1f}" + (f" ± {c['hs']['std']:.1f}" if c['hs']['std'] is not None else "")  # one seed: no sd
-            + f" [{c['hs']['ci95'][0]:.1f}, {c['hs']['ci95'][1]:.1f}]"
-            f" ({','.join(map(str, c['seeds']))})")
-        rows.append([r["label"], _fmt(w["harmful_score"], w["hs_ci95"]) if w else "none met the floor",
-                     settings(w["params"]) if w else "-",
-                     f"{_fmt(w['accuracy']) if w else '-'} ({r['floor_fa']:.1f})", _fmt(s["top3_mean"]),
-                     f"{s['trials_to_break']} of {s['trials']}" if s["trials_to_break"] else f"none of {s['trials']}",
-                     f"{100 * s['under_floor']:.0f}%" if s["under_floor"] is not None else "-", confirmed])
-    return header, rows
-
-
 def write_results(search: Search, results: list[dict], judge: str, break_at: float, console: Console) -> None:
     """Print the table; write search.md and search.json (last)."""
-    header, rows = results_table(results)
-    table = Table(title=f"Worst case per configuration: HS judged by {judge} (higher is worse for the defense), "
-                        f"[95% Wilson interval]; floor {search.floor:g} x the accuracy before the attack")
-    for col in header:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    space = "; ".join(p.describe() for p in search.space)
-    md = (f"# surgery search\n\nRecipe `{search.recipe}`; the attacker's space: {space}; {search.trials} trials per "
-          f"configuration (seed {search.seed}); HS judged by `{judge}`; a trial meets the floor when its task accuracy "
-          f"is at least {search.floor:g} x that of the model the attack starts from (in brackets under FA); a trial "
-          f"breaks the defense at HS >= {break_at:g}.\n\n" + markdown_table(header, rows))
-    for r in results:
-        md += f"\n## {r['label']}\n\n" + markdown_table(
-            ["trial", "settings", "HS", "FA", "meets the floor"],
-            [[str(t["trial"]), settings(t["params"]), _fmt(t["harmful_score"]), _fmt(t["accuracy"]),
-              "yes" if t["feasible"] else "no"] for t in r["trials"]])
-    atomic_write_text(search.out / "search.md", md)
-    write_json(search.out / "search.json", {
-        "recipe": str(search.recipe), "overrides": list(search.overrides), "judge": judge, "floor": search.floor,
-        "seed": search.seed, "trials": search.trials, "break_at": break_at,
-        "space": [p.describe() for p in search.space], "configurations": results})
+    record = {"recipe": str(search.recipe), "overrides": list(search.overrides), "judge": judge, "floor": search.floor,
+              "seed": search.seed, "trials": search.trials, "break_at": break_at,
+              "space": [p.describe() for p in search.space], "configurations": results}
+    print_results(record, console)
+    atomic_write_text(search.out / "search.md", search_md(record))
+    write_json(search.out / "search.json", record)
 
 
 def config_label(config) -> str:

@@ -60,19 +60,30 @@ def check_search(out: Path, storage: str | None = None) -> dict:
     return result
 
 
-def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_data):
+def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_data, monkeypatch):
     out = tmp_path / "search"
     ok(*search_args(sweep_recipe, out, demo_data, "--workers", "2"))
     check_search(out)
     assert (out / "search.db").is_file() and (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "| SFT |" in (out / "search.md").read_text()
-    # `surgery report` reads the folder as a sweep: a row per trial
-    ok("report", out, "--out", tmp_path / "report")
+    # `surgery report` reads the folder as a sweep: a row per trial; and prints and shows its worst cases
+    monkeypatch.setenv("COLUMNS", "250")  # a table row on one line
+    printed = ok("report", out, "--out", tmp_path / "report").output
     report = json.loads((tmp_path / "report" / "sweep.json").read_text())
     assert len(report["cells"]) == 8 and report["recipe"] == os.path.relpath(sweep_recipe, tmp_path / "report")  # as search.json names it
     page = (tmp_path / "report" / "report.html").read_text()  # the search's picture, not a panel per trial
-    assert 'alt="search.png"' in page and 'alt="sweep.png"' not in page
+    assert 'alt="search.png"' in page and 'alt="sweep.png"' not in page and "<title>surgery search</title>" in page
     assert not (tmp_path / "report" / "sweep.png").exists()
+    assert (tmp_path / "report" / "search.png").read_bytes() == (out / "search.png").read_bytes()
+    assert (tmp_path / "report" / "search.md").read_text() == (out / "search.md").read_text().replace(
+        f"Recipe `{sweep_recipe}`", f"Recipe `{os.path.relpath(sweep_recipe, tmp_path / 'report')}`")
+    for config in check_search(out)["configurations"]:  # each worst case, recomputed from the cells, in the table
+        cells = [json.loads((out / "cells" / t["name"] / "cell.json").read_text()) for t in config["trials"]]
+        base_fa = json.loads((out / "base.json").read_text())["accuracy"]
+        worst = max((c["harmful_score"] for c in cells if c["accuracy"] >= 0.8 * base_fa), default=None)
+        row = next(line for line in printed.splitlines() if line.startswith(f"│ {config['label']}"))
+        assert (f"{worst:.1f} [" if worst is not None else "none") in row
+        assert f"<td>{config['label']}</td><td>" + (f"{worst:.1f} [" if worst is not None else "none") in page
 
 
 def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
