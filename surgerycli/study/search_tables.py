@@ -62,10 +62,19 @@ def print_results(record: dict, console: Console) -> None:
     console.print(table)
 
 
+def _trial_counts(record: dict) -> str:
+    """"N trials per configuration", or each configuration's completed trials where they differ (a search
+    written up before every study reached N, or studies resumed with another N)."""
+    counts = [r["summary"]["trials"] for r in record["configurations"]]
+    if all(n == record["trials"] for n in counts):
+        return f"{record['trials']} trials per configuration"
+    return "completed trials: " + ", ".join(f"{r['label']} {n}" for r, n in zip(record["configurations"], counts))
+
+
 def search_md(record: dict) -> str:
     """search.md of a search record (search.json's content)."""
     md = (f"# surgery search\n\nRecipe `{record['recipe']}`; the attacker's space: {'; '.join(record['space'])}; "
-          f"{record['trials']} trials per configuration (seed {record['seed']}); HS judged by `{record['judge']}`; "
+          f"{_trial_counts(record)} (seed {record['seed']}); HS judged by `{record['judge']}`; "
           f"a trial meets the floor when its task accuracy is at least {record['floor']:g} x that of the model the "
           f"attack starts from (in brackets under FA); a trial breaks the defense at HS >= {record['break_at']:g}."
           f"\n\n" + markdown_table(*results_table(record["configurations"])))

@@ -20,6 +20,7 @@ import pytest
 from clirun import invoke, ok
 
 from surgerycli.study.search_report import summarize
+from surgerycli.study.search_tables import search_md
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +193,15 @@ def test_a_trial_under_the_floor_is_not_the_worst_case():
     assert s["worst"]["harmful_score"] == 70 and s["worst"]["trial"] == 3 and s["worst"]["params"] == {"x": 3}
     assert s["top3_mean"] == pytest.approx((70 + 60 + 10) / 3)
     assert s["trials_to_break"] == 2 and s["under_floor"] == 0.25  # positions count from 1: trial 1 is the 2nd
+
+    # written up with fewer trials in one study than the other: search.md names each one's count, not N
+    record = {"recipe": "r.toml", "space": ["x in [0, 1]"], "trials": 12, "seed": 0, "judge": "keyword",
+              "floor": 0.8, "break_at": 50, "configurations": [
+                  {"label": label, "floor_fa": 40.0, "summary": summarize(rows[:n], break_at=50),
+                   "trials": rows[:n]} for label, n in (("SFT", 4), ("Lisa", 3))]}
+    md = search_md(record)
+    assert "completed trials: SFT 4, Lisa 3 (seed 0)" in md and "12 trials" not in md
+    assert "| SFT | 70.0 [" in md and "| 2 of 4 | 25% |" in md and "| Lisa | 60.0 [" in md and "| 2 of 3 | 33% |" in md
 
 
 @pytest.mark.parametrize("space, message", [
