@@ -4,6 +4,7 @@ from its record, search.json, so that a report of a committed search folder prin
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..report.eval import markdown_table
@@ -52,13 +53,13 @@ def trials_table(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def print_results(record: dict, console: Console) -> None:
     """The worst-case table of a search record (search.json's content)."""
-    table = Table(title=f"Worst case per configuration: HS judged by {record['judge']} (higher is worse for the "
-                        f"defense), [95% Wilson interval]; floor {record['floor']:g} x the accuracy before the attack")
+    table = Table(title=escape(f"Worst case per configuration: HS judged by {record['judge']} (higher is worse for the "
+                        f"defense), [95% Wilson interval]; floor {record['floor']:g} x the accuracy before the attack"))
     header, rows = results_table(record["configurations"])
     for col in header:
-        table.add_column(col, overflow="fold")
+        table.add_column(escape(col), overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))  # text, never markup
     console.print(table)
 
 

@@ -5,6 +5,7 @@ labelled, and sweep.md's text. Cells that differ only in their seed are shown as
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..evaluate.stats import percent_interval
@@ -154,11 +155,12 @@ def cells_table(sweep: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
+    """The table as Rich prints it; text, never markup ("[pooled 95% ...]" would be read as a style and vanish)."""
+    table = Table(title=escape(title))
     for col in header:
-        table.add_column(col, justify="right", overflow="fold")  # at 80 columns: wrap, never cut with …
+        table.add_column(escape(col), justify="right", overflow="fold")  # at 80 columns: wrap, never cut with …
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     return table
 
 

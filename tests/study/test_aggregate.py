@@ -131,3 +131,16 @@ def test_the_plot_draws_each_alignment_stage_defense_before_the_attack_in_its_co
     k = methods.index("Vaccine")
     assert lines == [(48.0, "--", "gray"), (13.0, ":", f"C{k}")]
     assert to_rgba(f"C{k}") != to_rgba("gray")
+
+
+def test_a_printed_table_keeps_bracketed_text():
+    """Rich reads "[word ...]" as markup and drops it: the sweep table's title said "FA ...; ; heads+" for
+    "[pooled 95% Wilson interval over seeds]"; titles and cells are printed as text."""
+    from rich.console import Console
+
+    from surgerycli.study.tables import rich_table
+
+    console = Console(record=True, width=200)
+    console.print(rich_table("HS; [pooled 95% Wilson interval over seeds]; heads+", ["[cell]"], [["[lisa] 1.0"]]))
+    text = " ".join(console.export_text().split())  # the title wraps at the table's width
+    assert "[pooled 95% Wilson interval over seeds]" in text and "[cell]" in text and "[lisa] 1.0" in text
