@@ -96,7 +96,8 @@ def report_sweeps(folders: list[Path], out: Path | None, console: Console) -> Pa
     return out
 
 
-def report_searches(folders: list[Path], out: Path, console: Console) -> tuple[list[tuple[str, str]], list[Path] | None]:
+def report_searches(folders: list[Path], out: Path,
+                    console: Console) -> tuple[list[tuple[str, str]], list[Path] | None]:
     """Of the search folders among `folders` (those with search.json): their worst-case tables printed, and
     (report.html's sections for them, the pictures to show instead of sweep.png: their search.png, or None when a
     folder is a sweep). One search folder reported elsewhere gets its search.md, .json (paths relative to `out`)
