@@ -30,12 +30,13 @@ def test_restored_search_reads_as_committed(tmp_path: Path) -> None:
     committed = json.loads((COMMITTED / "search.json").read_text(encoding="utf-8"))
     counts = restore_module().restore(COMMITTED, tmp_path)
     assert counts == {c["study"]: len(c["trials"]) for c in committed["configurations"]}
-    configs = {"surgery-a3000": Cell(0.1, "surgery", 3000.0), "antidote": Cell(0.1, "antidote"),
-               "lisa": Cell(0.1, "lisa")}
+    # each configuration as the search named it: its method, and the alpha its name ends with ("surgery-a3000")
+    configs = [Cell(0.1, c["method"], float(c["study"].rsplit("-a", 1)[1]) if "-a" in c["study"] else None)
+               for c in committed["configurations"]]
     space = tuple(parse_param(t) for t in SPACE)
-    search = Search(ROOT / "recipes" / "demo-attack.toml", (), tuple(configs.values()), space, 12, 0.8, 0, tmp_path)
-    for c in committed["configurations"]:
-        config = configs[c["study"]]
+    search = Search(ROOT / "recipes" / "demo-attack.toml", (), tuple(configs), space, 12, 0.8, 0, tmp_path)
+    for c, config in zip(committed["configurations"], configs):
+        assert search.study_name(config) == c["study"]
         records = trial_records(search, config)
         assert records == c["trials"]  # every field of every trial, in Optuna's order
         assert summarize(records, committed["break_at"]) == c["summary"]
