@@ -107,3 +107,28 @@ def test_surgery_recipe_prints_a_recipe_resolved_and_refuses_a_bad_one(tmp_path,
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert 'train.learning_rate: expected a number >= 0, got "fast"' in r.output
     assert invoke("recipe").exit_code == 2
+
+
+def table_after(text: str, header: str) -> list[str]:
+    """The markdown table that starts with the line `header`, its lines up to the first one not a row."""
+    lines = text.splitlines()
+    start = lines.index(header)
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_the_worst_case_tables_in_the_study_page_are_the_committed_folders():
+    """docs/study.md quotes the committed worst-case folder: its table is search.md's (`surgery report`'s) and its
+    unchanged-answers table is what studies/unchanged_answers.py prints from the folder's answers."""
+    import importlib.util
+
+    folder = ROOT / "studies" / "smollm2-2026-12-05" / "worst"
+    page = (ROOT / "docs" / "study.md").read_text()
+    report = (folder / "search.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| configuration |"))
+    assert table_after(page, header) == table_after(report, header)
+    spec = importlib.util.spec_from_file_location("unchanged_answers", ROOT / "studies" / "unchanged_answers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    printed = module.table(folder).splitlines()
+    assert table_after(page, printed[0]) == printed
