@@ -19,7 +19,7 @@ from .answers import ANSWERS, answers_table, evidence, gather, write_answers
 from .aggregate import correlation
 from .collect import merge_sweeps, relative_paths
 from .plots import write_correlation_plot, write_sweep_plot
-from .search_tables import print_results, results_table, search_md
+from .search_tables import print_results, results_table, search_md, trials_table
 from .tables import cells_table, correlation_md, intro_md, paper_table, rich_table, seeded, sweep_table
 
 
@@ -29,8 +29,8 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
     """Print the tables; write sweep.md, sweep.png, the answers (answers.jsonl.gz) with what they say beside the
     scores, report.html, and sweep.json (last: it marks a finished sweep). `source(cell)`: the folder a cell's
     answers are in (default `out`); `base_folder`: where the model before the attack was evaluated (default `out`);
-    `plots`: the pictures to show instead of sweep.png (a search's search.png), none drawn; `title` and `sections`
-    (heading, table html): the page's, the sections before the sweep's tables."""
+    `plots`: the pictures to show instead of sweep.png (a search's search.png), none drawn nor the grid table on
+    the page; `title` and `sections` (heading, table html): the page's, the sections before the sweep's tables."""
     rows = gather(sweep["cells"], source or (lambda c: out), base_folder or out)
     found = evidence(rows, judge)
     several = " (mean ± sd over seeds)" if seeded(sweep) else ""
@@ -60,7 +60,9 @@ def write_sweep(out: Path, sweep: dict, judge: str, console: Console, extra_md: 
         write_answers(out / ANSWERS, rows)
     cells = cells_table(sweep)
     write_report_html(out / "report.html", title, intro_md(sweep, judge).split("\n", 2)[2].strip(),
-                      [*sections, ("Harmful score and task accuracy", table_html(*sweep_table(sweep))),
+                      # a search's trials are no grid: its sections' trial tables stand in for the sparse grid table
+                      [*sections, *([] if plots is not None else [("Harmful score and task accuracy",
+                                                                   table_html(*sweep_table(sweep)))]),
                        ("Every cell (click one for its answers)", table_html(*cells, [r[0] for r in cells[1]])),
                        ("The answers, per cell", table_html(*answers))],
                       [*(plots if plots is not None else [out / "sweep.png"]), out / "correlation.png"], rows)
@@ -106,8 +108,12 @@ def report_searches(folders: list[Path], out: Path,
     records = [relative_paths(read_json(f / "search.json", "a search record"), out.resolve()) for f in searches]
     for record in records:
         print_results(record, console)
-    sections = [(f"Worst case per configuration ({f.name}; judge {r['judge']}, floor {r['floor']:g})",
-                 table_html(*results_table(r["configurations"]))) for f, r in zip(searches, records)]
+    sections = []
+    for f, r in zip(searches, records):
+        sections.append((f"Worst case per configuration ({f.name}; judge {r['judge']}, floor {r['floor']:g})",
+                         table_html(*results_table(r["configurations"]))))
+        sections += [(f"{c['label']}: trial by trial ({f.name}; click one for its answers)",
+                      table_html(*trials_table(c), [t["name"] for t in c["trials"]])) for c in r["configurations"]]
     if len(folders) == 1 and searches and out.resolve() != folders[0].resolve():
         atomic_write_text(out / "search.md", search_md(records[0]))
         write_json(out / "search.json", records[0])

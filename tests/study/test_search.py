@@ -85,6 +85,9 @@ def test_two_workers_share_the_embedded_storage(tmp_path, sweep_recipe, demo_dat
         row = next(line for line in printed.splitlines() if line.startswith(f"│ {config['label']}"))
         assert (f"{worst:.1f} [" if worst is not None else "none") in row
         assert f"<td>{config['label']}</td><td>" + (f"{worst:.1f} [" if worst is not None else "none") in page
+        for t in config["trials"]:  # trial by trial, each row opening its cell's answers, in place of the grid table
+            assert f'<tr class="cell" data-cell="{t["name"]}"><td>{t["trial"]}</td>' in page
+    assert "Harmful score and task accuracy" not in page
 
 
 def test_one_worker_and_a_seed_give_the_same_trials(tmp_path, sweep_recipe, demo_data):
