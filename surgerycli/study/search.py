@@ -103,6 +103,13 @@ def places_taken(study, before: int | None = None) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=states) if before is None or t.number < before)
 
 
+def waiting(study) -> bool:
+    """Whether a trial waits to be run: a retry of one whose worker died (it holds a place no worker runs yet)."""
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def completed(study) -> int:
     from optuna.trial import TrialState
 
@@ -202,7 +209,7 @@ def run_worker(search: Search, evaluate, console: Console, worker: int = 0,
                aligned: dict[str, Path] | None = None) -> None:
     """Run trials of every configuration's study, in order, until each has N completed trials. While the
     places left are held by other workers' running trials, wait, and fail any whose heartbeat stopped (its
-    retry then takes the place)."""
+    retry then takes the place, and this worker or another runs it)."""
     import optuna
 
     storage = open_storage(search)
@@ -213,7 +220,9 @@ def run_worker(search: Search, evaluate, console: Console, worker: int = 0,
             if errors := given_up(search, study):
                 console.print(f"[red]{search.study_name(config)}: {len(errors)} trials failed; no more are drawn[/]")
                 break
-            if places_taken(study) >= search.trials:
+            # the places are full: wait for other workers' running trials, unless one is a retry nobody runs yet
+            # (study.optimize takes a waiting trial first; a surplus one is pruned by the objective)
+            if places_taken(study) >= search.trials and not waiting(study):
                 time.sleep(max(1, search.heartbeat // 2))
                 with warnings.catch_warnings():  # fail_stale_trials is marked experimental
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

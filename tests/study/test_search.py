@@ -187,6 +187,32 @@ def test_a_worker_killed_mid_trial_is_retried_and_its_cell_resumes(tmp_path, swe
     check_search(out)
 
 
+def test_a_search_killed_in_its_last_trial_finishes_on_the_rerun(tmp_path, sweep_recipe, demo_data):
+    """Kill the whole search while its last place's trial trains; the same command again fails that trial when its
+    heartbeat is stale and runs the retry that now holds the last place (in the same cell, from its checkpoint),
+    where waiting for another worker to take it would wait for ever."""
+    out = tmp_path / "search"
+    args = [str(a) for a in search_args(sweep_recipe, out, demo_data, "--heartbeat", "1",
+                                         "--set", "train.max_steps=12", "--set", "train.save_steps=2")]
+    args[args.index("--methods") + 1], args[args.index("--trials") + 1] = "sft", "2"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "surgerycli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / "cells" / "sft-t1" / "finetune" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # every process of the search: no worker is left to notice
+    proc.wait()
+    again = subprocess.run([sys.executable, "-m", "surgerycli", *args], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name="sft", storage=f"sqlite:///{out / 'search.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    summary = json.loads((out / "cells" / "sft-t1" / "finetune" / "summary.json").read_text())
+    assert summary["steps"] == 12 and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 2
+
+
 def test_a_trial_under_the_floor_is_not_the_worst_case():
     """The floor is 0.8 x 50 = 40: trial 2's HS 100 at FA 30 broke the model's usefulness, so the worst case is
     trial 3's 70, the top-3 mean (70 + 60 + 10) / 3, the first feasible break (HS >= 50) trial 1."""
