@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from clirun import invoke
+from studyscripts import study_script
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -120,15 +121,10 @@ def table_after(text: str, header: str) -> list[str]:
 def test_the_worst_case_tables_in_the_study_page_are_the_committed_folders():
     """docs/study.md quotes the committed worst-case folder: its table is search.md's (`surgery report`'s) and its
     unchanged-answers table is what studies/unchanged_answers.py prints from the folder's answers."""
-    import importlib.util
-
     folder = ROOT / "studies" / "smollm2-2026-12-05" / "worst"
     page = (ROOT / "docs" / "study.md").read_text()
     report = (folder / "search.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| configuration |"))
     assert table_after(page, header) == table_after(report, header)
-    spec = importlib.util.spec_from_file_location("unchanged_answers", ROOT / "studies" / "unchanged_answers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    printed = module.table(folder).splitlines()
+    printed = study_script("unchanged_answers").table(folder).splitlines()
     assert table_after(page, printed[0]) == printed

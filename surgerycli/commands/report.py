@@ -16,7 +16,7 @@ def report(
 ) -> None:
     """Tables and plots of one or several sweeps as one (mean ± sd over seeds, pooled 95% Wilson intervals), and Spearman's correlation between positive heads after fine-tuning and harmful score across every cell, with its p-value and N.
 
-    A cell found in two folders keeps the later folder's. Sweeps judged by different judges are refused. A search folder's trials are its cells, and its worst-case table (search.json) is printed and shown too.
+    A cell found in two folders keeps the later folder's. Sweeps judged by different judges are refused. A search folder's trials are its cells, its worst-case table (search.json) is printed and shown too, and report.html lists each configuration's trials in place of the grid table.
 
     Manual: docs/sweeps.md.
     """

@@ -32,10 +32,10 @@ def write_search_plot(path: Path, results: list[dict], judge: str, floor: float)
             left.scatter([x], [t["harmful_score"]], s=28, color=colour, facecolors=colour if t["feasible"] else "none")
             right.scatter([t["harmful_score"]], [t["accuracy"]], s=28, color=colour,
                           facecolors=colour if t["feasible"] else "none")
-    # one floor shared by every configuration (one aligned model) is nobody's: grey; else each in its colour
+    # one floor shared by every configuration (one aligned model) is nobody's: black (C7 is a configuration's grey)
     shared = len({r["floor_fa"] for r in results}) == 1
     for r in results:
-        right.axhline(r["floor_fa"], color="gray" if shared else colours.get(r["label"], "gray"), linestyle="--",
+        right.axhline(r["floor_fa"], color="black" if shared else colours.get(r["label"], "gray"), linestyle="--",
                       linewidth=1)
     left.set_xlabel("trial (in the order Optuna ran them)")
     left.set_ylabel(f"harmful score, judge {judge}")

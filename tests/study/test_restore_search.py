@@ -3,11 +3,11 @@ the search left it (its trials' records and worst cases), and Optuna draws the n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from studyscripts import study_script
 
 from surgerycli.study.grid import Cell
 from surgerycli.study.search import Search, load_study, open_storage
@@ -20,10 +20,7 @@ SPACE = ["train.learning_rate=2e-5:1e-3:log", "data.poison_ratio=0.05:0.3", "tra
 
 
 def restore_module():
-    spec = importlib.util.spec_from_file_location("restore_search", ROOT / "studies" / "restore_search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return study_script("restore_search")
 
 
 def test_restored_search_reads_as_committed(tmp_path: Path) -> None:

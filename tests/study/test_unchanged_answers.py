@@ -4,18 +4,14 @@ counted by hand on a tiny folder, and the committed worst-case folder's Lisa + A
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from studyscripts import STUDIES, study_script
 
 
 def module():
-    spec = importlib.util.spec_from_file_location("unchanged_answers", ROOT / "studies" / "unchanged_answers.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+    return study_script("unchanged_answers")
 
 
 def write_folder(folder: Path, rows: list[tuple[str, str, str]], configurations: list[dict]) -> None:
@@ -42,7 +38,7 @@ def test_counts_answers_equal_to_the_aligned_models_by_hand(tmp_path: Path) -> N
 
 
 def test_committed_chain_hands_back_the_aligned_models_answers() -> None:
-    folder = ROOT / "studies" / "smollm2-2026-12-05" / "worst"
+    folder = STUDIES / "smollm2-2026-12-05" / "worst"
     answers = module().answers(folder)
     before = answers["before the attack"]
     chain = [name for name in answers if name.startswith("lisa+antidote-")]
