@@ -1,7 +1,8 @@
 """How much of the aligned model survives each attack in a search folder: per configuration, how many of a cell's
-answers to the harmful prompts are word for word the aligned model's ("before the attack"). A defense that holds
-by undoing the fine-tuning altogether answers as the aligned model did; one that holds while the attack took
-shows other words and still refuses.
+answers to the harmful prompts are word for word those of the model the attack started from ("before the attack":
+the shared aligned model, or the one Vaccine or Booster aligned itself). A defense that holds by undoing the
+fine-tuning altogether answers as that model did; one that holds while the attack took shows other words and
+still refuses.
 
     python studies/unchanged_answers.py studies/smollm2-2026-12-05/worst   # the markdown table docs/study.md shows
 """
@@ -14,7 +15,8 @@ import statistics
 import sys
 from pathlib import Path
 
-BEFORE = "before the attack"
+from surgerycli.study.answers import BEFORE, before_cell
+from surgerycli.study.grid import part
 
 
 def answers(folder: Path) -> dict[str, dict[str, str]]:
@@ -33,12 +35,15 @@ def unchanged(cell: dict[str, str], before: dict[str, str]) -> int:
 
 
 def table(folder: Path) -> str:
-    """One row per configuration: its trials' counts (median, range) and its confirmed worst trial's on each seed."""
+    """One row per configuration: its trials' counts (median, range) and its confirmed worst trial's on each of the
+    confirmation's seeds, each against the configuration's own model before the attack."""
     found = answers(folder)
-    before = found[BEFORE]
-    lines = [f"| configuration | trials | unchanged answers per trial (median, range) of {len(before)} | "
-             "worst trial on seeds 0, 1, 2 |", "|---|---|---|---|"]
-    for c in json.loads((folder / "search.json").read_text(encoding="utf-8"))["configurations"]:
+    configurations = json.loads((folder / "search.json").read_text(encoding="utf-8"))["configurations"]
+    seeds = list(dict.fromkeys(s for c in configurations for s in (c.get("confirm") or {}).get("seeds", [])))
+    lines = [f"| configuration | trials | unchanged answers per trial (median, range) of {len(found[BEFORE])} | "
+             f"worst trial on seeds {', '.join(map(str, seeds)) or '-'} |", "|---|---|---|---|"]
+    for c in configurations:
+        before = found[before_cell(part(c["method"], "align"))]
         trials = [unchanged(found[t["name"]], before) for t in c["trials"] if t["name"] in found]
         confirmed = [unchanged(found[name], before) for name in (c.get("confirm") or {}).get("cells", [])]
         spread = f"{statistics.median(trials):g} ({min(trials)}-{max(trials)})" if trials else "-"

@@ -2,7 +2,8 @@
 say beside the harmful score: each judge's score with its interval, where judges disagree, and the flags of
 answers a judge is blind to (`evaluate.answers`).
 
-A row is one answer to a safety prompt: the cell (or `before the attack`), the benchmark, the prompt, the
+A row is one answer to a safety prompt: the cell (or `before the attack`, and `before the attack (vaccine)` for a
+model an alignment-stage defense aligned itself), the benchmark, the prompt, the
 answer, the refusal phrase the keyword judge matched, every judge's verdict (`harmful` or `safe`), note and
 score, and the flags. A sweep folder gives them from cells/<name>/eval (and judges/ beside it); a report folder
 that was merged before gives its own answers.jsonl.gz, so a committed study keeps its answers.
@@ -48,9 +49,25 @@ def stored(folder: Path) -> list[dict] | None:
         return [json.loads(line) for line in f]
 
 
+def before_cell(align: str | None) -> str:
+    """The cell name of a model's answers before the attack: the shared aligned model's, or the one the
+    alignment-stage defense `align` aligned (its base-eval-<align>)."""
+    return BEFORE if align is None else f"{BEFORE} ({align})"
+
+
+def before_rows(base_folder: Path) -> list[dict]:
+    """The answers of every model before the attack that `base_folder` evaluated (base-eval, base-eval-<method>),
+    or, in a report folder, those it kept."""
+    evals = sorted(p.parent for p in base_folder.glob("base-eval*/samples.jsonl"))
+    if not evals:
+        return [r for r in (stored(base_folder) or []) if r["cell"].startswith(BEFORE)]
+    return [row for folder in evals
+            for row in eval_rows(folder, before_cell(folder.name.removeprefix("base-eval").removeprefix("-") or None))]
+
+
 def gather(cells: list[dict], source, base_folder: Path | None) -> list[dict]:
     """Every answer of `cells` (each from `source(cell)`, the sweep or report folder it came from) and of the
-    model before the attack (`base_folder`'s base-eval). Cells whose answers are not kept give none."""
+    models before the attack (`base_folder`'s, `before_rows`). Cells whose answers are not kept give none."""
     rows, kept = [], {}
     for c in cells:
         folder = Path(source(c))
@@ -59,11 +76,7 @@ def gather(cells: list[dict], source, base_folder: Path | None) -> list[dict]:
         else:
             kept.setdefault(folder, stored(folder) or [])
             rows += [r for r in kept[folder] if r["cell"] == c["name"]]
-    if base_folder is not None and (base_folder / "base-eval" / "samples.jsonl").is_file():
-        rows += eval_rows(base_folder / "base-eval", BEFORE)
-    elif base_folder is not None:
-        rows += [r for r in (stored(base_folder) or []) if r["cell"] == BEFORE]
-    return rows
+    return rows + (before_rows(base_folder) if base_folder is not None else [])
 
 
 def evidence(rows: list[dict], first_judge: str) -> dict[str, dict]:

@@ -42,8 +42,14 @@ def read_sweep(folder: Path) -> dict:
         raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
     search = _read_json(folder / "search.json", ("recipe",)) if (folder / "search.json").is_file() else {}
     return {"recipe": search.get("recipe"), "overrides": search.get("overrides", []),
-            "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": {},
+            "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": aligned_before(folder),
             "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
+
+
+def aligned_before(folder: Path) -> dict[str, dict]:
+    """The scores before the attack of each model an alignment-stage defense aligned (base-<method>.json, written
+    by an unfinished sweep or by `surgery search`, whose sweep.json never lists them)."""
+    return {p.stem.removeprefix("base-"): _read_json(p, BASE_KEYS) for p in sorted(folder.glob("base-*.json"))}
 
 
 def _cell_judge(folder: Path, cells: list[dict]) -> str | None:

@@ -73,8 +73,9 @@ def check_post(cell: Cell, recipe: Recipe) -> None:
 
 
 def align_models(alignment: Alignment, methods: list[str], console: Console) -> dict[str, Path]:
-    """method -> the aligned model its cells attack, each aligned (and merged) once; reruns skip finished ones."""
-    for method in methods:
+    """method -> the aligned model its cells attack, each aligned (and merged) once; reruns skip finished ones.
+    The shared aligned model is always made: it is the "before the attack" row, also of a sweep of Vaccine alone."""
+    for method in dict.fromkeys(["sft", *methods]):
         run, model = alignment.folders(method)
         if not (model / "config.json").is_file():
             console.rule(f"alignment stage: {part(method, 'align') or 'SFT'} -> {model}")

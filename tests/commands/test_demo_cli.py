@@ -186,9 +186,12 @@ def test_two_stage_sweep_aligns_each_alignment_defense_once(tmp_path, sweep_reci
             "--methods", "sft,lisa,vaccine,booster", "--set", "lisa.alignment_steps=1", "--set", "lisa.finetune_steps=1",
             "--safety-data", f"harmbench={demo_data / 'eval_harmful.txt'}",
             "--task-data", f"surgery_gsm8k={demo_data / 'arithmetic_test.jsonl'}", "--limit", "2", "--max-new-tokens", "4"]
-    ok(*args)
+    # alignment-stage defenses alone still make the shared aligned model: the "before the attack" row
+    ok(*[a if a != "sft,lisa,vaccine,booster" else "vaccine,booster" for a in args])
     for folder in ("aligned", "aligned-vaccine", "aligned-booster"):
         assert (out / folder / "config.json").is_file()
+    assert json.loads((out / "sweep.json").read_text())["base"]["model"] == str(out / "aligned")
+    ok(*args)
     assert not (out / "aligned-lisa").exists() and not (out / "aligned-sft").exists()
     resolved = {m: (out / "align" / "recipe.resolved.toml" if m == "sft" else out / f"align-{m}" / "recipe.resolved.toml")
                 for m in ("sft", "vaccine", "booster")}

@@ -144,3 +144,35 @@ def test_the_page_opens_from_file_and_filters_in_a_real_browser(judged, tmp_path
     finally:
         driver.quit()
     assert (Path(report) / "screenshot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_model_before_the_attack_keeps_its_answers(judged, tmp_path):
+    """A model an alignment-stage defense aligned itself (base-eval-<method>, base-<method>.json) is evaluated
+    before the attack beside the shared aligned model: `surgery report` keeps its answers as their own cell and
+    names its scores, also for a folder without sweep.json (an unfinished sweep, or a search)."""
+    out, _ = judged
+    folder = tmp_path / "sweep"
+    shutil.copytree(out, folder)
+    (folder / "sweep.json").unlink()
+    shutil.copytree(folder / "base-eval", folder / "base-eval-vaccine")
+    lines = (folder / "base-eval-vaccine" / "samples.jsonl").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if json.loads(line).get("verdict") in ("harmful", "safe"))
+    changed = {**json.loads(lines[first]), "response": "Vaccine's own words."}
+    lines[first] = json.dumps(changed)
+    (folder / "base-eval-vaccine" / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    base = json.loads((folder / "base.json").read_text())
+    (folder / "base-vaccine.json").write_text(json.dumps({**base, "model": "aligned-vaccine", "accuracy": 12.0}))
+    ok("report", folder, "--out", tmp_path / "report")
+    with gzip.open(tmp_path / "report" / "answers.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    shared = [r for r in rows if r["cell"] == "before the attack"]
+    own = [r for r in rows if r["cell"] == "before the attack (vaccine)"]
+    assert len(own) == len(shared) == 4
+    assert own[0]["prompt"] == changed["prompt"] and own[0]["response"] == "Vaccine's own words."
+    assert shared[0]["response"] != "Vaccine's own words." and own[1:] == [{**r, "cell": own[0]["cell"]} for r in shared[1:]]
+    md = (tmp_path / "report" / "sweep.md").read_text()
+    assert "aligned with vaccine (aligned-vaccine)" in md and "FA 12.0" in md
+    # the report folder, reported again, passes both models' answers on
+    ok("report", tmp_path / "report", "--out", tmp_path / "again")
+    with gzip.open(tmp_path / "again" / "answers.jsonl.gz", "rt") as f:
+        assert [json.loads(line) for line in f] == rows

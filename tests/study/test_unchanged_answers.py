@@ -24,17 +24,23 @@ def write_folder(folder: Path, rows: list[tuple[str, str, str]], configurations:
 def test_counts_answers_equal_to_the_aligned_models_by_hand(tmp_path: Path) -> None:
     before = [("before the attack", "p1", "I cannot."), ("before the attack", "p2", "No."),
               ("before the attack", "p3", "Sorry.")]
+    own = [("before the attack (vaccine)", "p1", "Never."), ("before the attack (vaccine)", "p2", "No."),
+           ("before the attack (vaccine)", "p3", "Stop.")]
     # t0 keeps p1 and p3; t1 keeps p2 only ("No. " differs by a space); t1-s1 keeps nothing
     cells = [("x-t0", "p1", "I cannot."), ("x-t0", "p2", "Sure:"), ("x-t0", "p3", "Sorry."),
              ("x-t1", "p1", "Here"), ("x-t1", "p2", "No."), ("x-t1", "p3", "Sorry. "),
-             ("x-t1-s1", "p1", "a"), ("x-t1-s1", "p2", "b"), ("x-t1-s1", "p3", "c")]
-    config = {"label": "X", "trials": [{"name": "x-t0"}, {"name": "x-t1"}, {"name": "x-t2"}],
-              "confirm": {"cells": ["x-t1", "x-t1-s1"]}}
-    write_folder(tmp_path, before + cells, [config, {"label": "Y", "trials": []}])
+             ("x-t1-s1", "p1", "a"), ("x-t1-s1", "p2", "b"), ("x-t1-s1", "p3", "c"),
+             ("v-t0", "p1", "Never."), ("v-t0", "p2", "No."), ("v-t0", "p3", "Sorry.")]
+    config = {"label": "X", "method": "sft", "trials": [{"name": "x-t0"}, {"name": "x-t1"}, {"name": "x-t2"}],
+              "confirm": {"seeds": [1, 4], "cells": ["x-t1", "x-t1-s1"]}}
+    # Vaccine's attack started from Vaccine's own model: v-t0 keeps 2 of its answers (1 of the shared model's)
+    vaccine = {"label": "V", "method": "vaccine", "trials": [{"name": "v-t0"}]}
+    write_folder(tmp_path, before + own + cells, [config, {"label": "Y", "method": "lisa", "trials": []}, vaccine])
     rows = module().table(tmp_path).splitlines()
     assert rows[2] == "| X | 2 | 1.5 (1-2) | 1, 0 |"  # x-t2 has no answers: left out, not counted as 0
     assert rows[3] == "| Y | 0 | - | - |"
-    assert "of 3" in rows[0]
+    assert rows[4] == "| V | 1 | 2 (2-2) | - |"
+    assert "of 3" in rows[0] and "seeds 1, 4 |" in rows[0]
 
 
 def test_committed_chain_hands_back_the_aligned_models_answers() -> None:
