@@ -86,13 +86,18 @@ def open_storage(search: Search):
 
 def load_study(search: Search, config: Cell, storage, worker: int = 0):
     """The configuration's study, created on first use; its sampler seeded by the search's seed (worker 0: the
-    same trial sequence on every run) or seed + worker (other workers draw other settings)."""
+    same trial sequence on every run) or seed + worker (other workers draw other settings), plus the trials the
+    study already holds: a sampler's random draws restart with its seed, so a resumed search seeded as at its
+    start would draw its first settings again."""
     import optuna
     from optuna.samplers import TPESampler
 
-    sampler = TPESampler(seed=search.seed + 1000 * worker, n_startup_trials=max(2, min(10, search.trials // 3)))
-    return optuna.create_study(study_name=search.study_name(config), storage=storage, sampler=sampler,
-                               direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=search.study_name(config), storage=storage, direction="maximize",
+                                load_if_exists=True)
+    held = len(study.get_trials(deepcopy=False))
+    study.sampler = TPESampler(seed=search.seed + 1000 * worker + held,
+                               n_startup_trials=max(2, min(10, search.trials // 3)))
+    return study
 
 
 def places_taken(study, before: int | None = None) -> int:

@@ -277,3 +277,26 @@ def test_a_study_whose_every_cell_fails_stops_with_one_line_exit_1(tmp_path, swe
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: sft: 2 trials failed, no more are drawn; the last: ") and "examples" in last, last
     assert not list((out / "cells").glob("*/cell.json"))  # no failed trial recorded as a finished cell
+
+
+def test_a_resumed_study_draws_new_settings_not_its_first_again():
+    """A new process's sampler restarts its random draws from its seed: resumed after one trial, the study must not
+    draw trial 0's settings for trial 1 (the 2026-12-06 Vaccine and Booster reruns did: lr 1.71e-4 twice)."""
+    from types import SimpleNamespace
+
+    from optuna.distributions import FloatDistribution
+
+    from surgerycli.study.search import load_study
+
+    search = SimpleNamespace(seed=0, trials=12, study_name=lambda config: "vaccine")
+    space = {"lr": FloatDistribution(2e-5, 1e-3, log=True), "poison": FloatDistribution(0.05, 0.3)}
+    storage = optuna.storages.InMemoryStorage()
+    first = load_study(search, None, storage)
+    t0 = first.ask(space)
+    first.tell(t0, 90.0)
+    resumed = load_study(search, None, storage)  # as a rerun of the command in a new process
+    t1 = resumed.ask(space)
+    assert t1.number == 1 and t1.params != t0.params
+    # a search started afresh still draws the same first settings (a seed gives the same trials)
+    again = load_study(search, None, optuna.storages.InMemoryStorage())
+    assert again.ask(space).params == t0.params
