@@ -14,11 +14,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from clirun import invoke, ok
+from optuna.distributions import FloatDistribution
 
+from surgerycli.study.search import load_study
 from surgerycli.study.search_report import summarize
 from surgerycli.study.search_tables import search_md
 
@@ -282,12 +285,6 @@ def test_a_study_whose_every_cell_fails_stops_with_one_line_exit_1(tmp_path, swe
 def test_a_resumed_study_draws_new_settings_not_its_first_again():
     """A new process's sampler restarts its random draws from its seed: resumed after one trial, the study must not
     draw trial 0's settings for trial 1 (the 2026-12-06 Vaccine and Booster reruns did: lr 1.71e-4 twice)."""
-    from types import SimpleNamespace
-
-    from optuna.distributions import FloatDistribution
-
-    from surgerycli.study.search import load_study
-
     search = SimpleNamespace(seed=0, trials=12, study_name=lambda config: "vaccine")
     space = {"lr": FloatDistribution(2e-5, 1e-3, log=True), "poison": FloatDistribution(0.05, 0.3)}
     storage = optuna.storages.InMemoryStorage()
