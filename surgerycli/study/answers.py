@@ -20,6 +20,7 @@ from ..evaluate.judges import refusal_phrase
 from ..evaluate.rejudge import other_judges, safety_rows
 from ..evaluate.stats import wilson_percent
 from ..files import atomic_write
+from .layout import before_folders
 
 ANSWERS = "answers.jsonl.gz"
 BEFORE = "before the attack"
@@ -58,11 +59,10 @@ def before_cell(align: str | None) -> str:
 def before_rows(base_folder: Path) -> list[dict]:
     """The answers of every model before the attack that `base_folder` evaluated (base-eval, base-eval-<method>),
     or, in a report folder, those it kept."""
-    evals = sorted(p.parent for p in base_folder.glob("base-eval*/samples.jsonl"))
+    evals = before_folders(base_folder)
     if not evals:
         return [r for r in (stored(base_folder) or []) if r["cell"].startswith(BEFORE)]
-    return [row for folder in evals
-            for row in eval_rows(folder, before_cell(folder.name.removeprefix("base-eval").removeprefix("-") or None))]
+    return [row for align, folder in evals.items() for row in eval_rows(folder, before_cell(align))]
 
 
 def gather(cells: list[dict], source, base_folder: Path | None) -> list[dict]:

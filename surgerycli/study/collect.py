@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import read_json
+from .layout import before_file, before_files
 
 
 def _read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
@@ -38,18 +39,18 @@ def read_sweep(folder: Path) -> dict:
             raise InputError(f"{folder / 'sweep.json'}: `base` is not a model's scores (expected {', '.join(BASE_KEYS)})")
         listed = {c["name"] for c in sweep["cells"]}
         return {**sweep, "cells": sweep["cells"] + [c for c in cells if c["name"] not in listed]}
-    if not (folder / "base.json").is_file() or not cells:
+    if not before_file(folder).is_file() or not cells:
         raise InputError(f"{folder}: not a sweep folder (expected sweep.json, or base.json and cells/*/cell.json)")
     search = _read_json(folder / "search.json", ("recipe",)) if (folder / "search.json").is_file() else {}
     return {"recipe": search.get("recipe"), "overrides": search.get("overrides", []),
-            "base": _read_json(folder / "base.json", BASE_KEYS), "aligned_before": aligned_before(folder),
+            "base": _read_json(before_file(folder), BASE_KEYS), "aligned_before": aligned_before(folder),
             "align_recipe": None, "cells": cells, "judge": _cell_judge(folder, cells)}
 
 
 def aligned_before(folder: Path) -> dict[str, dict]:
     """The scores before the attack of each model an alignment-stage defense aligned (base-<method>.json, written
     by an unfinished sweep or by `surgery search`, whose sweep.json never lists them)."""
-    return {p.stem.removeprefix("base-"): _read_json(p, BASE_KEYS) for p in sorted(folder.glob("base-*.json"))}
+    return {align: _read_json(p, BASE_KEYS) for align, p in before_files(folder).items()}
 
 
 def _cell_judge(folder: Path, cells: list[dict]) -> str | None:

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..files import atomic_write_text, write_failure
 from ..train.recipe import load_recipe
 from .grid import Cell, part
+from .layout import before_file
 from .space import Param, overrides_of
 from .sweep import Alignment, cell_sets, evaluator, finished, run_cell
 
@@ -65,8 +66,7 @@ class Search:
 
     def baseline_file(self, config: Cell) -> Path:
         """The record of the model this configuration's attack starts from (`surgery sweep`'s layout)."""
-        align = part(config.method, "align")
-        return self.out / (f"base-{align}.json" if align else "base.json")
+        return before_file(self.out, part(config.method, "align"))
 
 
 def open_storage(search: Search):

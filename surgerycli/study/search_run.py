@@ -33,11 +33,10 @@ def prepare(search: Search, evaluate, console: Console) -> dict[str, Path]:
     aligned = align_models(search.alignment, methods, console) if search.alignment else {}
     base = str(search.alignment.folders("sft")[1]) if search.alignment else \
         load_recipe(search.recipe, list(search.overrides), None, check_files=False).model.name
-    before_attack(base, search.out / "base.json", search.out / "base-eval", evaluate, console)
+    before_attack(base, search.out, None, evaluate, console)
     for m in methods:
         if aligned and (align := part(m, "align")):
-            before_attack(str(aligned[m]), search.out / f"base-{align}.json", search.out / f"base-eval-{align}",
-                          evaluate, console)
+            before_attack(str(aligned[m]), search.out, align, evaluate, console)
     return aligned
 
 

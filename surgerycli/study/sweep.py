@@ -30,6 +30,7 @@ from ..models import DTYPES, merge_adapter
 from ..train.finetune import run_finetune
 from ..train.recipe import Recipe, load_recipe
 from .grid import Cell, part
+from .layout import before_file, before_folder
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,10 @@ def finished(file: Path, keys: tuple[str, ...], console: Console) -> dict | None
     return record
 
 
-def before_attack(model: str, file: Path, folder: Path, evaluate, console: Console) -> dict:
-    """The scores of a model before the attack, evaluated once (file is written last; a rerun reads it)."""
+def before_attack(model: str, out: Path, align: str | None, evaluate, console: Console) -> dict:
+    """The scores of a model before the attack (the shared one, or the one the alignment-stage defense `align`
+    aligned), evaluated once into `out`'s layout (the record is written last; a rerun reads it)."""
+    file, folder = before_file(out, align), before_folder(out, align)
     record = finished(file, ("model", "harmful_score", "accuracy"), console)
     if record is None or record["model"] != model:
         console.rule(f"{model}: before the attack")
@@ -187,9 +190,9 @@ def run_sweep(recipe: Path, overrides: list[str], cells: list[Cell], out: Path, 
             load_recipe(alignment.recipe, alignment.sets(m), str(alignment.folders(m)[0]))
     aligned = align_models(alignment, methods, console) if alignment is not None else None
     base_name = str(alignment.folders("sft")[1]) if alignment else next(iter(recipes.values())).model.name
-    base = before_attack(base_name, out / "base.json", out / "base-eval", evaluate, console)
-    own = {m: before_attack(str(alignment.folders(m)[1]), out / f"base-{m}.json", out / f"base-eval-{m}", evaluate,
-                            console) for m in dict.fromkeys(filter(None, (part(m, "align") for m in methods))) if aligned}
+    base = before_attack(base_name, out, None, evaluate, console)
+    own = {m: before_attack(str(alignment.folders(m)[1]), out, m, evaluate, console)
+           for m in dict.fromkeys(filter(None, (part(m, "align") for m in methods))) if aligned}
     results = []
     for cell in cells:
         folder = out / "cells" / cell.name
