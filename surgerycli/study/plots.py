@@ -12,6 +12,16 @@ from .tables import layout, method_label, method_order, point_label, seeded, sho
 _MARKERS = "osD^vPX<>*"  # correlation.png: a shape per method
 
 
+def series_colour(k: int):
+    """The colour of a figure's k-th method: matplotlib's ten, then tab20b's darker hues, so that the 11th
+    method (a search of every configuration has 12) is not drawn in the 1st one's colour."""
+    if k < 10:
+        return f"C{k}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20b"]((k - 10) * 4 % 20)
+
+
 def numeric_axis(sweep: dict) -> tuple[str, dict[str, float]] | None:
     """(key, point label -> value) when the grid is one numeric key over several values, else None."""
     keys = {k for c in sweep["cells"] for k in (c.get("grid") or {})}
@@ -53,7 +63,7 @@ def _before_lines(ax, sweep: dict, score: str, methods: list[str]) -> None:
         labels = {method_label(c) for c in sweep["cells"] if part(c["method"], "align") == name}  # its cells' colour
         k = next((k for k, m in enumerate(methods) if m in labels), None)
         if before.get(key) is not None and k is not None:
-            ax.axhline(before[key], color=f"C{k % 10}", linestyle=":",
+            ax.axhline(before[key], color=series_colour(k), linestyle=":",
                        label=f"before attack, {methods[k]}'s alignment")
 
 
@@ -90,7 +100,7 @@ def _write_axis_plot(path: Path, sweep: dict, judge: str, axis: tuple[str, dict[
             cis = [s["ci95"] or [y, y] for y, (_, s) in zip(ys, pts)]
             err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
             # a colour per method, the same in every panel (a method missing from one must not shift the rest)
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m, color=f"C{k % 10}")
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m, color=series_colour(k))
         _before_lines(ax, sweep, score, methods)
         if log:
             ax.set_xscale("log")
@@ -147,12 +157,12 @@ def _draw_panel(ax, point: str, key: str, methods: list[str], ratios: list[float
         err = [[max(y - c[0], 0) for y, c in zip(ys, cis)], [max(c[1] - y, 0) for y, c in zip(ys, cis)]]
         if len(ratios) == 1:
             width = 0.8 / len(methods)
-            ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3", color=f"C{k % 10}")
+            ax.bar([offset * width], ys, width, yerr=err, capsize=4, label=m, ecolor="0.3", color=series_colour(k))
             ax.text(offset * width, ys[0] + err[1][0] + 1.5, f"{ys[0]:.1f}", ha="center", va="bottom", fontsize=8)
         else:
             step = 0.012 * (ratios[-1] - ratios[0])
             ax.errorbar([r + offset * step for r, _ in stats], ys, yerr=err, marker="o", capsize=3, label=m,
-                        color=f"C{k % 10}")
+                        color=series_colour(k))
     if len(ratios) == 1:
         ax.set_xticks([0], [f"poison ratio {ratios[0]:g}"])
     else:
@@ -171,7 +181,7 @@ def write_correlation_plot(path: Path, cells: list[dict], corr: dict, judge: str
             pts = [(c[key], c["harmful_score"]) for c in ok if method_label(c) == m and c.get(key) is not None]
             if pts:  # hollow, one shape per method: cells of several methods at one point stay visible
                 ax.scatter(*zip(*pts), label=m, s=30, marker=_MARKERS[k % len(_MARKERS)], facecolors="none",
-                           edgecolors=f"C{k % 10}", linewidths=1.2)
+                           edgecolors=series_colour(k), linewidths=1.2)
         c = corr[name]
         rho = f"rho {c['rho']:.2f}, p {c['p']:.2g}, N {c['n']}" if c["rho"] is not None else f"N {c['n']}: not computed"
         ax.set_title(f"Spearman {rho}", fontsize=10)

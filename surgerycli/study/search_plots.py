@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.figures import new_figure, save_png
+from .plots import series_colour
 from .tables import method_order
 
 
@@ -17,7 +18,7 @@ def write_search_plot(path: Path, results: list[dict], judge: str, floor: float)
     fig, axes = new_figure(1, 2, (12, 4.4))
     left, right = axes[0]
     # each configuration in its colour of the report's other pictures (sweep.png, correlation.png)
-    colours = {m: f"C{k % 10}" for k, m in enumerate(method_order([t for r in results for t in r["trials"]]))}
+    colours = {m: series_colour(k) for k, m in enumerate(method_order([t for r in results for t in r["trials"]]))}
     for k, r in enumerate(results):
         colour, trials = colours.get(r["label"], "gray"), r["trials"]
         shift = 0.08 * (k - (len(results) - 1) / 2)  # configurations side by side: equal scores stay visible

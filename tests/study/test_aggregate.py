@@ -144,3 +144,14 @@ def test_a_printed_table_keeps_bracketed_text():
     console.print(rich_table("HS; [pooled 95% Wilson interval over seeds]; heads+", ["[cell]"], [["[lisa] 1.0"]]))
     text = " ".join(console.export_text().split())  # the title wraps at the table's width
     assert "[pooled 95% Wilson interval over seeds]" in text and "[cell]" in text and "[lisa] 1.0" in text
+
+
+def test_twelve_methods_get_twelve_colours():
+    """A search of every configuration draws 12 series: none may share the first ten's colours (matplotlib's cycle
+    repeats after 10, which drew SFT and surgery+antidote, Antidote and Vaccine alike)."""
+    from matplotlib.colors import to_hex
+
+    from surgerycli.study.plots import series_colour
+
+    colours = [to_hex(series_colour(k)) for k in range(12)]
+    assert len(set(colours)) == 12, colours
